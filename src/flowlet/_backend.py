@@ -1,0 +1,162 @@
+"""The few event-loop primitives the engine needs on its hot paths, per backend.
+
+Task groups, cancel scopes and shielding come from anyio. What anyio cannot give
+cheaply is here: a one-shot wake-up ("parker") that costs a future rather than an
+``anyio.Event`` (which costs about 30x more on asyncio), a checkpoint, a task that
+lives outside the caller's scopes, and a thread-safe call into the loop. Each backend
+is chosen once per run with :func:`current_backend`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, ClassVar, Protocol, TypeVar, cast
+
+import anyio.lowlevel
+
+T = TypeVar("T")
+
+
+class Parker(Protocol):
+    """A one-shot wake-up: a task awaits it, another task (or the same loop) wakes it."""
+
+    def __await__(self) -> Generator[Any, Any, Any]: ...
+
+
+class Backend(Protocol):
+    """What the engine asks of an event loop. Attributes are plain callables so that the
+    hot paths pay for one call, not for a method that forwards to another."""
+
+    name: str
+    cancelled: type[BaseException]
+    parker: Callable[[], Parker]
+    wake: Callable[[Parker], None]
+    checkpoint: Callable[[], Awaitable[None]]
+
+    def spawn_detached(self, fn: Callable[[], Awaitable[None]]) -> None: ...
+    def threadsafe_caller(self) -> Callable[[Callable[[], object]], object]: ...
+    async def wait_future(self, future: concurrent.futures.Future[T]) -> T: ...
+
+
+class AsyncioBackend:
+    name = "asyncio"
+    cancelled: type[BaseException] = asyncio.CancelledError
+
+    # Detached tasks are referenced here until they finish: asyncio keeps only weak
+    # references to tasks, and a runner collected mid-flight would vanish silently.
+    _detached: ClassVar[set[asyncio.Task[None]]] = set()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.parker: Callable[[], Parker] = loop.create_future
+        self.wake: Callable[[Parker], None] = _wake_future  # type: ignore[assignment]
+        self.checkpoint: Callable[[], Awaitable[None]] = _asyncio_checkpoint
+
+    def spawn_detached(self, fn: Callable[[], Awaitable[None]]) -> None:
+        async def main() -> None:
+            await fn()
+
+        task = self.loop.create_task(main())
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+
+    def threadsafe_caller(self) -> Callable[[Callable[[], object]], object]:
+        return self.loop.call_soon_threadsafe
+
+    async def wait_future(self, future: concurrent.futures.Future[T]) -> T:
+        # wrap_future cancels the concurrent future when the wait is cancelled, so a
+        # call still queued in the pool never starts.
+        return await asyncio.wrap_future(future, loop=self.loop)
+
+
+async def _asyncio_checkpoint() -> None:
+    await asyncio.sleep(0)
+
+
+def _wake_future(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class TrioBackend:
+    name = "trio"
+
+    def __init__(self) -> None:
+        import trio
+        import trio.lowlevel
+
+        self._trio = trio
+        self._lowlevel = trio.lowlevel
+        self.cancelled: type[BaseException] = trio.Cancelled
+        self.checkpoint: Callable[[], Awaitable[None]] = trio.lowlevel.checkpoint
+        self.parker: Callable[[], Parker] = lambda: _TrioParker(trio.lowlevel)
+        self.wake: Callable[[Parker], None] = _TrioParker.wake  # type: ignore[assignment]
+        self._token = trio.lowlevel.current_trio_token()
+
+    def spawn_detached(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self._lowlevel.spawn_system_task(
+            fn, name="flowlet pipeline runner", context=contextvars.copy_context()
+        )
+
+    def threadsafe_caller(self) -> Callable[[Callable[[], object]], object]:
+        run_sync_soon: Callable[[Callable[[], object]], object] = self._token.run_sync_soon
+        return run_sync_soon
+
+    async def wait_future(self, future: concurrent.futures.Future[T]) -> T:
+        if not future.done():
+            parker = _TrioParker(self._lowlevel)
+            call_soon = self._token.run_sync_soon
+
+            def on_done(_: object) -> None:
+                call_soon(parker.wake)
+
+            future.add_done_callback(on_done)
+            try:
+                await parker
+            except BaseException:
+                future.cancel()
+                raise
+        return future.result()
+
+
+class _TrioParker:
+    __slots__ = ("_lowlevel", "_task", "_woken")
+
+    def __init__(self, lowlevel: Any) -> None:
+        self._lowlevel = lowlevel
+        self._task: Any = None
+        self._woken = False
+
+    def wake(self) -> None:
+        if self._woken:
+            return
+        self._woken = True
+        task, self._task = self._task, None
+        if task is not None:
+            self._lowlevel.reschedule(task)
+
+    def _abort(self, _raise_cancel: object) -> object:
+        self._task = None
+        self._woken = True  # a cancelled wait is spent: later wakes are no-ops
+        return self._lowlevel.Abort.SUCCEEDED
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        if self._woken:  # woken before the wait: return at once, as a done future does
+            return None
+        self._task = self._lowlevel.current_task()
+        wait = cast(
+            "Generator[Any, Any, Any]",
+            self._lowlevel.wait_task_rescheduled(self._abort).__await__(),
+        )
+        return (yield from wait)
+
+
+def current_backend() -> Backend:
+    """The backend of the running event loop (asyncio, uvloop or trio)."""
+    native = anyio.lowlevel.current_token().native_token
+    if isinstance(native, asyncio.AbstractEventLoop):
+        return AsyncioBackend(native)
+    return TrioBackend()

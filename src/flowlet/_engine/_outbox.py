@@ -1,0 +1,303 @@
+"""Buffers between a decoupled stage's workers and whoever reads the stage's output.
+
+Both buffers are bounded, hand items over without a task switch when they can, and park
+a task on a one-shot wake-up (a future on asyncio) only when it must wait.
+
+* :class:`Outbox` - completion order, at most ``capacity`` finished values.
+* :class:`OrderedOutbox` - input order. Workers reserve a place in a window of
+  ``concurrency + capacity`` input positions before they read an item, so a slow head
+  item holds back delivery but not new calls, until the window is full.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .._backend import Parker
+from ._inline import END
+from ._run import Run
+
+SKIP: Any = object()
+"""An ordered slot whose input was filtered out."""
+
+
+class Waiters:
+    """Tasks parked until something changes; woken one at a time or all at once."""
+
+    __slots__ = ("_new", "_parked", "_wake")
+
+    def __init__(self, run: Run) -> None:
+        self._parked: deque[Parker] = deque()
+        self._new = run.backend.parker
+        self._wake = run.backend.wake
+
+    def __bool__(self) -> bool:
+        return bool(self._parked)
+
+    async def wait(self) -> None:
+        parker = self._new()
+        self._parked.append(parker)
+        try:
+            await parker
+        except BaseException:
+            if parker in self._parked:
+                self._parked.remove(parker)
+            else:
+                self.wake_one()  # woken, but leaving: pass the wake-up on
+            raise
+
+    def wake_one(self) -> None:
+        if self._parked:
+            self._wake(self._parked.popleft())
+
+    def wake_all(self) -> None:
+        parked, self._parked = self._parked, deque()
+        for parker in parked:
+            self._wake(parker)
+
+
+class _Reading:
+    """The end-of-stream side shared by both buffers."""
+
+    __slots__ = ("_detached_reader", "_readers", "_run", "_state", "on_close")
+
+    OPEN, DONE, ABORTED = range(3)
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._readers = Waiters(run)
+        self._state = self.OPEN
+        self._detached_reader = False
+        self.on_close: Callable[[], None] = lambda: None
+
+    def read_outside_run(self) -> None:
+        """The reader runs outside the run's cancel scope (a detached iterator)."""
+        self._detached_reader = True
+
+    def finish(self, completed: bool) -> None:
+        """No more values will be added: the stage completed, or it was stopped."""
+        self._state = self.DONE if completed else self.ABORTED
+        self._readers.wake_all()
+
+    async def _end_of_stream(self) -> Any:
+        """What a reader gets once every value was taken: END, or the run's failure."""
+        if self._state == self.DONE:
+            return END
+        run = self._run
+        if run.error is not None:
+            raise run.error
+        if self._detached_reader:
+            raise RuntimeError("flowlet: the pipeline was stopped before it finished")
+        # A reader inside the run is being cancelled with it: let that arrive.
+        while True:
+            await run.backend.checkpoint()
+
+    def __aiter__(self) -> _Reading:
+        return self
+
+    async def get(self) -> Any:
+        raise NotImplementedError
+
+    async def __anext__(self) -> Any:
+        item = await self.get()
+        if item is END:
+            raise StopAsyncIteration
+        return item
+
+    async def aclose(self) -> None:
+        """The reader is done: stop the stage (its owner closes the stage's upstream)."""
+        self.on_close()
+
+
+class Outbox(_Reading):
+    """Completion-order buffer of at most ``capacity`` values; any number of readers."""
+
+    __slots__ = ("_capacity", "_items", "_writers")
+
+    def __init__(self, run: Run, capacity: int) -> None:
+        super().__init__(run)
+        self._items: deque[Any] = deque()
+        self._capacity = capacity
+        self._writers = Waiters(run)
+
+    def put_nowait(self, item: Any) -> bool:
+        if len(self._items) >= self._capacity:
+            return False
+        self._items.append(item)
+        self._readers.wake_one()
+        return True
+
+    async def put(self, item: Any) -> None:
+        while len(self._items) >= self._capacity:
+            await self._writers.wait()
+        self._items.append(item)
+        self._readers.wake_one()
+
+    async def get(self) -> Any:
+        """The next value, or END once the stage completed and every value was taken.
+
+        A stopped stage ends the stream at once: values still buffered are dropped,
+        because the run is failing or being cancelled.
+        """
+        items = self._items
+        while not items or self._state == self.ABORTED:
+            if self._state != self.OPEN:
+                return await self._end_of_stream()
+            await self._readers.wait()
+        item = items.popleft()
+        self._writers.wake_one()
+        return item
+
+    def take_all(self) -> list[Any]:
+        """Every value ready now (for terminals that consume in bulk)."""
+        items = list(self._items)
+        self._items.clear()
+        self._writers.wake_all()
+        return items
+
+    async def wait_ready(self) -> bool:
+        """Wait until a value is ready (True) or the stream ended (False)."""
+        while not self._items or self._state == self.ABORTED:
+            if self._state != self.OPEN:
+                await self._end_of_stream()
+                return False
+            await self._readers.wait()
+        return True
+
+
+class OrderedOutbox(_Reading):
+    """Input-order buffer. Positions ``head .. head + window - 1`` may be in flight or
+    finished; a finished value waits until every earlier one was delivered.
+
+    Writers call :meth:`reserve` before reading an input, then :meth:`assign` (or
+    :meth:`unreserve` at the end of the input) right after the read, with no await in
+    between, so positions follow input order.
+    """
+
+    __slots__ = ("_end", "_head", "_next", "_reserved", "_slots", "_window", "_writers")
+
+    def __init__(self, run: Run, window: int) -> None:
+        super().__init__(run)
+        self._slots: dict[int, Any] = {}
+        self._head: int = 0
+        self._next: int = 0
+        self._reserved: int = 0
+        self._window = window
+        self._end: int | None = None
+        self._writers = Waiters(run)
+
+    async def reserve(self) -> None:
+        while self._next + self._reserved >= self._head + self._window:
+            await self._writers.wait()
+        self._reserved += 1
+
+    def assign(self) -> int:
+        self._reserved -= 1
+        position = self._next
+        self._next += 1
+        return position
+
+    def unreserve(self) -> None:
+        self._reserved -= 1
+        self._writers.wake_one()
+
+    def fill(self, position: int, value: Any) -> None:
+        self._slots[position] = value
+        if position == self._head:
+            self._readers.wake_one()
+
+    async def get(self) -> Any:
+        slots = self._slots
+        while True:
+            head = self._head
+            if head in slots:
+                value = slots.pop(head)
+                self._head = head + 1
+                self._writers.wake_one()
+                if head + 1 in slots:
+                    self._readers.wake_one()  # another reader may take the next one
+                if value is SKIP:
+                    continue
+                return value
+            if self._state == self.ABORTED or (self._state == self.DONE and head >= self._next):
+                return await self._end_of_stream()
+            await self._readers.wait()
+
+
+class _Expansion:
+    """The outputs of one input of an ordered ``flat_map``, in order."""
+
+    __slots__ = ("done", "items")
+
+    def __init__(self) -> None:
+        self.items: deque[Any] = deque()
+        self.done = False
+
+
+class OrderedFlatOutbox(OrderedOutbox):
+    """Input-order buffer for ``flat_map``: the expansions of inputs in the window run
+    at once; the head expansion streams to the reader while later ones buffer.
+
+    At most ``capacity`` outputs wait in total, except that the head expansion may
+    always add one output when it has none waiting: the head must never wait for room
+    taken by later expansions, which cannot be delivered before it.
+    """
+
+    __slots__ = ("_buffered", "_capacity", "_head_writer", "_room")
+
+    def __init__(self, run: Run, window: int, capacity: int) -> None:
+        super().__init__(run, window)
+        self._capacity = capacity
+        self._buffered = 0
+        self._room = Waiters(run)  # non-head expansions waiting for room
+        self._head_writer = Waiters(run)  # the head expansion waiting for the reader
+
+    def open(self, position: int) -> _Expansion:
+        expansion = _Expansion()
+        self._slots[position] = expansion
+        return expansion
+
+    async def put(self, position: int, expansion: _Expansion, item: Any) -> None:
+        while True:
+            if position == self._head:
+                if not expansion.items or self._buffered < self._capacity:
+                    break
+                await self._head_writer.wait()
+            elif self._buffered < self._capacity:
+                break
+            else:
+                await self._room.wait()
+        expansion.items.append(item)
+        self._buffered += 1
+        if position == self._head:
+            self._readers.wake_one()
+
+    def finish_expansion(self, position: int, expansion: _Expansion) -> None:
+        expansion.done = True
+        if position == self._head:
+            self._readers.wake_one()
+
+    async def get(self) -> Any:
+        slots = self._slots
+        while True:
+            expansion: _Expansion | None = slots.get(self._head)
+            if expansion is not None:
+                if expansion.items:
+                    self._buffered -= 1
+                    item = expansion.items.popleft()
+                    self._head_writer.wake_one()
+                    self._room.wake_one()
+                    return item
+                if expansion.done:
+                    del slots[self._head]
+                    self._head += 1
+                    self._writers.wake_one()  # the window moved
+                    self._room.wake_all()  # the new head may be among them
+                    continue
+            if self._state == self.ABORTED or (
+                self._state == self.DONE and self._head >= self._next
+            ):
+                return await self._end_of_stream()
+            await self._readers.wait()

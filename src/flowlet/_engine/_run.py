@@ -1,0 +1,62 @@
+"""The state one execution of a pipeline shares between its tasks."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import anyio
+
+from .._backend import Backend, current_backend
+
+
+class Run:
+    """Outcome and cancellation of one pipeline execution.
+
+    Fail fast without exception groups: the first failure anywhere is recorded here and
+    cancels the run's scope; the terminal re-raises that exception itself once every
+    task has stopped. A failure to close an iterator is kept apart and only reported
+    when nothing else failed.
+    """
+
+    __slots__ = ("backend", "close_error", "error", "scope")
+
+    def __init__(self) -> None:
+        self.backend: Backend = current_backend()
+        self.scope = anyio.CancelScope()
+        self.error: BaseException | None = None
+        self.close_error: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        """Record ``exc`` unless something failed first, and stop the run."""
+        if self.error is None:
+            self.error = exc
+        self.scope.cancel()
+
+    def fail_close(self, exc: BaseException) -> None:
+        """A close failed while nothing else had: report it, and stop the run."""
+        self.close_failed(exc)
+        self.scope.cancel()
+
+    def close_failed(self, exc: BaseException) -> None:
+        """Record a failure to close an iterator; it never replaces :attr:`error`."""
+        if self.close_error is None:
+            self.close_error = exc
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or self.close_error is not None
+
+    def is_cancellation(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.backend.cancelled)
+
+    def raise_failure(self) -> None:
+        """Raise the recorded failure, if any: a stage or read failure first."""
+        failure = self.error or self.close_error
+        if failure is not None:
+            _reraise(failure)
+
+
+def _reraise(exc: BaseException) -> NoReturn:
+    # Raise outside any except block so the failure does not get an unrelated
+    # __context__ (the cancellation that stopped the other tasks).
+    raise exc

@@ -1,0 +1,246 @@
+"""Decoupled stages: a pool of worker tasks between an upstream and an outbox.
+
+A stage with ``concurrency=N`` runs N workers. Each worker reads an input from the
+upstream, calls the function and puts the result in the stage's outbox; it holds at
+most one input at a time. So the stage holds at most ``N`` inputs in flight plus the
+finished values in its outbox (``buffer``, by default ``N``): its run-ahead is at most
+``concurrency + buffer`` inputs, in completion order and in input order alike.
+
+The stage owns its upstream: once every worker has stopped, for whatever reason, it
+closes the upstream exactly once. Each ``flat_map`` worker owns the expansion it is
+streaming and closes it the same way.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from .._stages import Kind, Stage
+from ._closing import close_any
+from ._inline import END, SyncChain, open_expansion, reject_awaitable, sync_reader
+from ._outbox import SKIP, OrderedFlatOutbox, OrderedOutbox, Outbox, Waiters
+from ._run import Run
+
+Reader = Callable[[], Awaitable[Any]]
+
+
+class DecoupledStage:
+    """One stage's workers, its outbox and its upstream, inside a run."""
+
+    def __init__(self, stage: Stage, upstream: Any, run: Run) -> None:
+        self.stage = stage
+        self.run = run
+        self.upstream = upstream
+        self.scope = anyio.CancelScope()
+        self._finished_workers = 0
+        self.outbox: Outbox | OrderedOutbox
+        ordered = stage.ordered and stage.concurrency > 1
+        window = stage.concurrency + stage.capacity
+        if not ordered:
+            self.outbox = Outbox(run, stage.capacity)
+        elif stage.kind is Kind.FLAT_MAP:
+            self.outbox = OrderedFlatOutbox(run, window, stage.capacity)
+        else:
+            self.outbox = OrderedOutbox(run, window)
+        self.outbox.on_close = self.scope.cancel
+        self._read = make_reader(upstream, run)
+        self._loop = self._pick_loop(ordered)
+
+    def _pick_loop(self, ordered: bool) -> Callable[[], Awaitable[None]]:
+        flat = self.stage.kind is Kind.FLAT_MAP
+        if ordered:
+            return self._ordered_flat_loop if flat else self._ordered_loop
+        return self._flat_loop if flat else self._loop_unordered
+
+    async def run_workers(self) -> None:
+        """Run the workers to the end, then close the upstream (in the run's task group)."""
+        try:
+            with self.scope:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(self.stage.concurrency):
+                        tg.start_soon(self._work)
+        finally:
+            completed = self._finished_workers == self.stage.concurrency
+            with anyio.CancelScope(shield=True):
+                await self._close_upstream(completed)
+            self.outbox.finish(completed)
+
+    async def _close_upstream(self, completed: bool) -> None:
+        try:
+            await close_any(self.upstream)
+        except BaseException as exc:
+            if completed:
+                self.run.fail_close(exc)
+            else:
+                self.run.close_failed(exc)
+
+    async def _work(self) -> None:
+        try:
+            await self._loop()
+        except BaseException as exc:
+            if self.run.is_cancellation(exc):
+                raise
+            self.run.fail(exc)
+        else:
+            self._finished_workers += 1
+
+    async def _call(self, item: Any) -> Any:
+        result = self.stage.fn(item)  # type: ignore[misc]
+        if self.stage.awaits:
+            return await result
+        if inspect.isawaitable(result):
+            reject_awaitable(result, self.stage)
+        return result
+
+    # -- completion order ------------------------------------------------------------
+
+    async def _loop_unordered(self) -> None:
+        read, call = self._read, self._call
+        outbox: Outbox = self.outbox  # type: ignore[assignment]
+        is_filter = self.stage.kind is Kind.FILTER
+        while True:
+            item = await read()
+            if item is END:
+                return
+            result = await call(item)
+            if is_filter:
+                if not result:
+                    continue
+                result = item
+            if not outbox.put_nowait(result):
+                await outbox.put(result)
+
+    async def _flat_loop(self) -> None:
+        read, call = self._read, self._call
+        outbox: Outbox = self.outbox  # type: ignore[assignment]
+        while True:
+            item = await read()
+            if item is END:
+                return
+            expansion, is_async = open_expansion(await call(item), self.stage)
+            async with _owned(expansion, self.run):
+                if is_async:
+                    async for value in expansion:
+                        if not outbox.put_nowait(value):
+                            await outbox.put(value)
+                else:
+                    for value in expansion:
+                        if not outbox.put_nowait(value):
+                            await outbox.put(value)
+
+    # -- input order -----------------------------------------------------------------
+
+    async def _ordered_read(self, outbox: OrderedOutbox) -> tuple[int, Any]:
+        await outbox.reserve()
+        try:
+            item = await self._read()
+        except BaseException:
+            outbox.unreserve()
+            raise
+        if item is END:
+            outbox.unreserve()
+            return -1, END
+        return outbox.assign(), item
+
+    async def _ordered_loop(self) -> None:
+        outbox: OrderedOutbox = self.outbox  # type: ignore[assignment]
+        is_filter = self.stage.kind is Kind.FILTER
+        while True:
+            position, item = await self._ordered_read(outbox)
+            if item is END:
+                return
+            result = await self._call(item)
+            if is_filter:
+                result = item if result else SKIP
+            outbox.fill(position, result)
+
+    async def _ordered_flat_loop(self) -> None:
+        outbox: OrderedFlatOutbox = self.outbox  # type: ignore[assignment]
+        while True:
+            position, item = await self._ordered_read(outbox)
+            if item is END:
+                return
+            slot = outbox.open(position)
+            expansion, is_async = open_expansion(await self._call(item), self.stage)
+            async with _owned(expansion, self.run):
+                if is_async:
+                    async for value in expansion:
+                        await outbox.put(position, slot, value)
+                else:
+                    for value in expansion:
+                        await outbox.put(position, slot, value)
+            outbox.finish_expansion(position, slot)
+
+
+class _owned:
+    """Close an expansion exactly once when the block exits, shielded from cancellation.
+
+    A failure to close is raised when the block succeeded; after a failure it is only
+    recorded, so it never replaces the error that stopped the block.
+    """
+
+    __slots__ = ("_iterator", "_run")
+
+    def __init__(self, iterator: Any, run: Run) -> None:
+        self._iterator = iterator
+        self._run = run
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await close_any(self._iterator)
+            except BaseException as close_exc:
+                if exc is None:
+                    raise
+                self._run.close_failed(close_exc)
+
+
+def make_reader(upstream: Any, run: Run) -> Reader:
+    """An async ``read()`` giving the next upstream item or END, safe for many workers."""
+    if isinstance(upstream, SyncChain):
+        return _sync_read(sync_reader(upstream))
+    if isinstance(upstream, (Outbox, OrderedOutbox)):
+        return upstream.get  # many readers are fine
+    return _LockedReader(upstream, run).read
+
+
+def _sync_read(read: Callable[[], Any]) -> Reader:
+    async def sync_read() -> Any:
+        return read()
+
+    return sync_read
+
+
+class _LockedReader:
+    """Serialises reads of an async iterator: ``__anext__`` must not run twice at once."""
+
+    __slots__ = ("_anext", "_ended", "_reading", "_waiters")
+
+    def __init__(self, upstream: Any, run: Run) -> None:
+        self._anext = upstream.__anext__
+        self._ended = False
+        self._reading = False
+        self._waiters = Waiters(run)
+
+    async def read(self) -> Any:
+        while self._reading:
+            await self._waiters.wait()
+        self._reading = True
+        try:
+            if self._ended:
+                return END
+            try:
+                return await self._anext()
+            except StopAsyncIteration:
+                self._ended = True
+                return END
+        finally:
+            self._reading = False
+            self._waiters.wake_one()
