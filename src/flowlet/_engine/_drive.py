@@ -25,10 +25,11 @@ import anyio
 
 from .._stages import Stage
 from ._closing import close_any
-from ._inline import END, NODE_TYPES, SyncChain
+from ._inline import END, NODE_TYPES, Node, Passthrough, SyncChain
 from ._outbox import OrderedOutbox, Outbox
 from ._run import Run
 from ._stage import DecoupledStage
+from ._thread_stage import ThreadPumpStage, runs_in_thread_pump
 
 
 class Sink:
@@ -56,18 +57,24 @@ PACE_INTERVAL = 0.002
 def build(source: Any, stages: Sequence[Stage], run: Run) -> tuple[Any, list[DecoupledStage]]:
     """Wire ``stages`` onto ``source``: the node to consume, and the stages needing workers.
 
-    Sequential sync stages over a sync source fuse into one :class:`SyncChain`; other
-    inline stages become async nodes; decoupled stages get workers and an outbox.
+    Inline sync stages over a sync source fuse into one :class:`SyncChain`; other
+    inline stages become async nodes, and the sync map/filter stages after a node are
+    absorbed into it; decoupled stages get workers and an outbox.
     """
     node: Any = source.__aiter__() if hasattr(source, "__aiter__") else SyncChain(iter(source))
     decoupled: list[DecoupledStage] = []
     for stage in stages:
         if stage.decoupled:
-            worker_stage = DecoupledStage(stage, node, run)
+            kind = ThreadPumpStage if runs_in_thread_pump(stage) else DecoupledStage
+            worker_stage = kind(stage, node, run)
             decoupled.append(worker_stage)
             node = worker_stage.outbox
         elif isinstance(node, SyncChain) and node.can_take(stage):
             node.take(stage)
+        elif Node.can_absorb(stage):
+            if not isinstance(node, Node):
+                node = Passthrough(node)
+            node.absorb(stage)
         else:
             node = NODE_TYPES[stage.kind](node, stage)
     return node, decoupled
@@ -78,14 +85,16 @@ async def close_final(final: Any, run: Run, failed: bool) -> None:
 
     After a failure the close failure is only recorded: it never replaces the error.
     """
-    with anyio.CancelScope(shield=True):
-        try:
-            await close_any(final)
-        except BaseException as exc:
-            if failed:
-                run.close_failed(exc)
-            else:
-                raise
+    try:
+        if isinstance(final, SyncChain):
+            final.close()  # sync: nothing to shield
+        else:
+            with anyio.CancelScope(shield=True):
+                await close_any(final)
+    except BaseException as exc:
+        if not failed:
+            raise
+        run.close_failed(exc)
 
 
 # -- terminals ---------------------------------------------------------------------------
@@ -138,6 +147,12 @@ async def _consume(final: Any, run: Run, sink: Sink) -> None:
     elif isinstance(final, Outbox):
         while await final.wait_ready():
             sink.extend(final.take_all())
+    elif isinstance(final, Node):
+        checkpoint, extend, pace = run.backend.checkpoint, sink.extend, Pacer()
+        while chunk := await final.next_chunk():
+            extend(chunk)
+            if pace.tick():
+                await checkpoint()
     else:
         checkpoint, append, pace = run.backend.checkpoint, sink.append, Pacer()
         get = reader(final)

@@ -131,14 +131,56 @@ def open_expansion(result: Any, stage: Stage) -> tuple[Any, bool]:
     )
 
 
-class _Node:
-    """Base of the async nodes: an async iterator that owns its upstream."""
+SKIP: Any = object()
+"""Returned by a node's trailing steps for an item a filter dropped."""
 
-    __slots__ = ("_ended", "_next_async", "_next_sync", "_up")
+
+def compile_steps(stages: list[Stage]) -> Callable[[Any], Any]:
+    """One function applying trailing sync map/filter ``stages`` to an item (or SKIP).
+
+    Each function's first call is checked (:func:`checked_first_call`); the check then
+    removes itself, so later calls cost one list lookup.
+    """
+    steps: list[Callable[[Any], Any]] = []
+    is_map = [stage.kind is Kind.MAP for stage in stages]
+    for index, stage in enumerate(stages):
+        steps.append(_checked_once(stage, steps, index))
+
+    def apply(item: Any) -> Any:
+        for index, step in enumerate(steps):
+            if is_map[index]:
+                item = step(item)
+            elif not step(item):
+                return SKIP
+        return item
+
+    return apply
+
+
+def _checked_once(stage: Stage, steps: list[Callable[[Any], Any]], index: int) -> Any:
+    first = checked_first_call(stage)
+
+    def call(item: Any) -> Any:
+        steps[index] = stage.fn  # type: ignore[assignment]
+        return first(item)
+
+    return call
+
+
+class Node:
+    """Base of the async nodes: an async iterator that owns its upstream.
+
+    Sync map/filter stages that follow a node are absorbed into it (:meth:`absorb`) and
+    applied to each item it produces, instead of costing a node each.
+    """
+
+    __slots__ = ("_ended", "_next_async", "_next_sync", "_post", "_post_stages", "_up")
 
     def __init__(self, upstream: Any) -> None:
         self._up = upstream
         self._ended = False
+        self._post: Callable[[Any], Any] | None = None
+        self._post_stages: list[Stage] = []
         if isinstance(upstream, SyncChain):
             self._next_sync: Callable[[], Any] | None = sync_reader(upstream)
             self._next_async: Callable[[], Any] | None = None
@@ -148,6 +190,14 @@ class _Node:
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self  # type: ignore[return-value]
+
+    @staticmethod
+    def can_absorb(stage: Stage) -> bool:
+        return stage.kind in (Kind.MAP, Kind.FILTER) and not stage.awaits and not stage.decoupled
+
+    def absorb(self, stage: Stage) -> None:
+        self._post_stages.append(stage)
+        self._post = compile_steps(self._post_stages)
 
     async def _read(self) -> Any:
         """The next upstream item, or :data:`END` (then again :data:`END` forever)."""
@@ -168,8 +218,30 @@ class _Node:
     async def aclose(self) -> None:
         await close_any(self._up)
 
+    async def next_chunk(self) -> list[Any]:
+        """Some next items, at least one; ``[]`` at the end (for bulk consumers)."""
+        try:
+            return [await self.__anext__()]  # type: ignore[attr-defined]
+        except StopAsyncIteration:
+            return []
 
-class AsyncMap(_Node):
+
+class Passthrough(Node):
+    """An async upstream as it is, plus absorbed steps (async source, sync stages)."""
+
+    __slots__ = ()
+
+    async def __anext__(self) -> Any:
+        post = self._post
+        while True:
+            item = await self._read()
+            if item is END:
+                raise StopAsyncIteration
+            if post is None or (item := post(item)) is not SKIP:
+                return item
+
+
+class AsyncMap(Node):
     __slots__ = ("_awaits", "_fn", "_stage")
 
     def __init__(self, upstream: Any, stage: Stage) -> None:
@@ -182,84 +254,142 @@ class AsyncMap(_Node):
         self._fn = fn
 
     async def __anext__(self) -> Any:
-        item = await self._read()
-        if item is END:
-            raise StopAsyncIteration
-        result = self._fn(item)  # type: ignore[misc]
-        return await result if self._awaits else result
+        fn, awaits, post = self._fn, self._awaits, self._post
+        while True:
+            item = await self._read()
+            if item is END:
+                raise StopAsyncIteration
+            result = fn(item)  # type: ignore[misc]
+            if awaits:
+                result = await result
+            if post is None or (result := post(result)) is not SKIP:
+                return result
 
 
 class AsyncFilter(AsyncMap):
     __slots__ = ()
 
     async def __anext__(self) -> Any:
-        fn, awaits = self._fn, self._awaits
+        fn, awaits, post = self._fn, self._awaits, self._post
         while True:
             item = await self._read()
             if item is END:
                 raise StopAsyncIteration
             keep = fn(item)  # type: ignore[misc]
-            if await keep if awaits else keep:
+            if awaits:
+                keep = await keep
+            if keep and (post is None or (item := post(item)) is not SKIP):
                 return item
 
 
-class AsyncBatch(_Node):
+class AsyncBatch(Node):
     __slots__ = ("_size",)
 
     def __init__(self, upstream: Any, stage: Stage) -> None:
         super().__init__(upstream)
         self._size = stage.size
 
-    async def __anext__(self) -> list[Any]:
-        batch: list[Any] = []
-        while len(batch) < self._size:
-            item = await self._read()
-            if item is END:
-                break
-            batch.append(item)
-        if not batch:
-            raise StopAsyncIteration
-        return batch
+    async def __anext__(self) -> Any:
+        post = self._post
+        while True:
+            batch: list[Any] = []
+            while len(batch) < self._size:
+                item = await self._read()
+                if item is END:
+                    break
+                batch.append(item)
+            if not batch:
+                raise StopAsyncIteration
+            if post is None:
+                return batch
+            if (result := post(batch)) is not SKIP:
+                return result
 
 
-class AsyncFlatMap(_Node):
+class AsyncFlatMap(Node):
     """Streams each expansion lazily; closes each one exactly once, when it is
-    exhausted or when the node is closed."""
+    exhausted or when the node is closed. Absorbed steps run inside sync expansions
+    as builtin map/filter, so they cost no extra call per item."""
 
-    __slots__ = ("_expansion", "_expansion_is_async", "_stage")
+    __slots__ = ("_checked", "_expansion", "_expansion_is_async", "_source", "_stage")
+
+    CHUNK = 1024  # items a bulk consumer takes from a sync expansion at once
 
     def __init__(self, upstream: Any, stage: Stage) -> None:
         super().__init__(upstream)
         self._stage = stage
-        self._expansion: Any = None
+        self._expansion: Any = None  # what we read: the expansion, or a chain over it
+        self._source: Any = None  # the expansion itself: what we close
         self._expansion_is_async = False
+        self._checked = False  # have the absorbed steps had their first-call check?
 
     async def __anext__(self) -> Any:
         while True:
             expansion = self._expansion
             if expansion is not None:
                 if self._expansion_is_async:
+                    post = self._post
                     try:
-                        return await expansion.__anext__()
+                        while True:
+                            item = await expansion.__anext__()
+                            if post is None or (item := post(item)) is not SKIP:
+                                return item
                     except StopAsyncIteration:
                         pass
                 else:
                     item = next(expansion, END)
                     if item is not END:
                         return item
-                self._expansion = None  # before closing: a failing close is not retried
-                await close_any(expansion)
+                source, self._expansion, self._source = self._source, None, None
+                await close_any(source)  # fields cleared first: a failing close is not retried
             item = await self._read()
             if item is END:
                 raise StopAsyncIteration
             result = self._stage.fn(item)  # type: ignore[misc]
             if self._stage.awaits:
                 result = await result
-            self._expansion, self._expansion_is_async = open_expansion(result, self._stage)
+            self._open(result)
+
+    async def next_chunk(self) -> list[Any]:
+        # Bulk path for terminals: a sync expansion is taken a chunk at a time, in C.
+        while True:
+            expansion = self._expansion
+            if expansion is None or self._expansion_is_async:
+                return await super().next_chunk()
+            chunk: list[Any] = list(islice(expansion, self.CHUNK))
+            if chunk:
+                return chunk
+            source, self._expansion, self._source = self._source, None, None
+            await close_any(source)
+            item = await self._read()
+            if item is END:
+                return []
+            result = self._stage.fn(item)  # type: ignore[misc]
+            if self._stage.awaits:
+                result = await result
+            self._open(result)
+
+    def _open(self, result: Any) -> None:
+        source, is_async = open_expansion(result, self._stage)
+        self._source, self._expansion_is_async = source, is_async
+        self._expansion = source
+        if is_async or not self._post_stages:
+            return
+        if not self._checked:  # the first expansion goes through the checked chain
+            self._checked = True
+            chain = SyncChain(source)
+            for stage in self._post_stages:
+                chain.take(stage)
+            self._expansion = chain.iterator
+            return
+        for stage in self._post_stages:
+            fn: Callable[[Any], Any] = stage.fn  # type: ignore[assignment]
+            apply = map if stage.kind is Kind.MAP else filter
+            self._expansion = apply(fn, self._expansion)
 
     async def aclose(self) -> None:
-        expansion, self._expansion = self._expansion, None
-        await close_all(x for x in (expansion, self._up) if x is not None)
+        source, self._expansion, self._source = self._source, None, None
+        await close_all(x for x in (source, self._up) if x is not None)
 
 
 def _once_then(first: Callable[[Any], Any], node: AsyncMap) -> Callable[[Any], Any]:
@@ -272,7 +402,7 @@ def _once_then(first: Callable[[Any], Any], node: AsyncMap) -> Callable[[Any], A
     return call
 
 
-NODE_TYPES: dict[Kind, Callable[[Any, Stage], _Node]] = {
+NODE_TYPES: dict[Kind, Callable[[Any, Stage], Node]] = {
     Kind.MAP: AsyncMap,
     Kind.FILTER: AsyncFilter,
     Kind.FLAT_MAP: AsyncFlatMap,

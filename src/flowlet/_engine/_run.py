@@ -18,13 +18,21 @@ class Run:
     when nothing else failed.
     """
 
-    __slots__ = ("backend", "close_error", "error", "scope")
+    __slots__ = ("_scope", "backend", "close_error", "error")
 
     def __init__(self) -> None:
         self.backend: Backend = current_backend()
-        self.scope = anyio.CancelScope()
+        self._scope: anyio.CancelScope | None = None
         self.error: BaseException | None = None
         self.close_error: BaseException | None = None
+
+    @property
+    def scope(self) -> anyio.CancelScope:
+        """The cancel scope around every task of the run (made when first needed: a run
+        without workers never needs one)."""
+        if self._scope is None:
+            self._scope = anyio.CancelScope()
+        return self._scope
 
     def fail(self, exc: BaseException) -> None:
         """Record ``exc`` unless something failed first, and stop the run."""

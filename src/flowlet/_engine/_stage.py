@@ -48,6 +48,9 @@ class DecoupledStage:
             self.outbox = OrderedOutbox(run, window)
         self.outbox.on_close = self.scope.cancel
         self._read = make_reader(upstream, run)
+        # A sync upstream is read with a plain call, saving a coroutine per item.
+        self._sync_next = sync_reader(upstream) if isinstance(upstream, SyncChain) else None
+        self._fn: Callable[[Any], Any] = stage.fn if stage.awaits else self._call_sync  # type: ignore[assignment]
         self._loop = self._pick_loop(ordered)
 
     def _pick_loop(self, ordered: bool) -> Callable[[], Awaitable[None]]:
@@ -60,14 +63,19 @@ class DecoupledStage:
         """Run the workers to the end, then close the upstream (in the run's task group)."""
         try:
             with self.scope:
-                async with anyio.create_task_group() as tg:
-                    for _ in range(self.stage.concurrency):
-                        tg.start_soon(self._work)
+                await self._run_tasks()
         finally:
-            completed = self._finished_workers == self.stage.concurrency
+            completed = self._completed()
             with anyio.CancelScope(shield=True):
                 await self._close_upstream(completed)
             self.outbox.finish(completed)
+
+    async def _run_tasks(self) -> None:
+        await self.run.backend.run_tasks([self._work] * self.stage.concurrency)
+
+    def _completed(self) -> bool:
+        """Whether every worker stopped because the upstream ended (not cancelled)."""
+        return self._finished_workers == self.stage.concurrency
 
     async def _close_upstream(self, completed: bool) -> None:
         try:
@@ -88,30 +96,37 @@ class DecoupledStage:
         else:
             self._finished_workers += 1
 
-    async def _call(self, item: Any) -> Any:
+    def _call_sync(self, item: Any) -> Any:
         result = self.stage.fn(item)  # type: ignore[misc]
-        if self.stage.awaits:
-            return await result
         if inspect.isawaitable(result):
             reject_awaitable(result, self.stage)
         return result
 
+    async def _call(self, item: Any) -> Any:
+        result = self._fn(item)
+        return await result if self.stage.awaits else result
+
     # -- completion order ------------------------------------------------------------
 
     async def _loop_unordered(self) -> None:
-        read, call = self._read, self._call
+        # The hot loop of concurrent stages: locals only, no coroutine per item beyond
+        # the stage function's own.
+        read, sync_next, fn, awaits = self._read, self._sync_next, self._fn, self.stage.awaits
         outbox: Outbox = self.outbox  # type: ignore[assignment]
+        put_nowait = outbox.put_nowait
         is_filter = self.stage.kind is Kind.FILTER
         while True:
-            item = await read()
+            item = sync_next() if sync_next is not None else await read()
             if item is END:
                 return
-            result = await call(item)
+            result = fn(item)
+            if awaits:
+                result = await result
             if is_filter:
                 if not result:
                     continue
                 result = item
-            if not outbox.put_nowait(result):
+            if not put_nowait(result):
                 await outbox.put(result)
 
     async def _flat_loop(self) -> None:
