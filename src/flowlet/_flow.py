@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeGuard, overload
 
-from typing_extensions import Self
+from typing_extensions import Self, TypeIs
 
 from . import _stages
 from ._stages import Stage
@@ -70,6 +70,16 @@ class Flow(Generic[In, Out]):
         """Add a 1 → 1 stage; see :meth:`flowlet.Pipeline.map`."""
         return self._then(_stages.map_stage(fn, concurrency, ordered, buffer))
 
+    @overload
+    def filter(
+        self,
+        pred: Callable[[Out], TypeIs[U]],
+        /,
+        *,
+        concurrency: int = 1,
+        ordered: bool = False,
+        buffer: int | None = None,
+    ) -> Flow[In, U]: ...
     @overload
     def filter(
         self,

@@ -47,6 +47,10 @@ class ThreadCall(Generic[P, R]):
     Made by :func:`in_thread`; keeps the wrapped function's name and docstring.
     """
 
+    __name__: str
+    __qualname__: str
+    __wrapped__: Callable[P, R]
+
     def __init__(self, fn: Callable[P, R], executor: ThreadPoolExecutor | None) -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
@@ -95,6 +99,10 @@ def in_thread(
 
 class ProcessCall(Generic[P, R]):
     """An async callable that runs a function in a process pool; made by :func:`in_process`."""
+
+    __name__: str
+    __qualname__: str
+    __wrapped__: Callable[P, R]
 
     def __init__(self, fn: Callable[P, R], executor: ProcessPoolExecutor) -> None:
         functools.update_wrapper(self, fn)

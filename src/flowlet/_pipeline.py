@@ -6,6 +6,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeGuard, overload
 
+from typing_extensions import TypeIs
+
 from . import _stages
 from ._engine import _drive
 from ._flow import Flow, stages_of
@@ -98,6 +100,16 @@ class Pipeline(Generic[T_co]):
         """
         return self._then(_stages.map_stage(fn, concurrency, ordered, buffer))
 
+    @overload
+    def filter(
+        self,
+        pred: Callable[[T_co], TypeIs[U]],
+        /,
+        *,
+        concurrency: int = 1,
+        ordered: bool = False,
+        buffer: int | None = None,
+    ) -> Pipeline[U]: ...
     @overload
     def filter(
         self,

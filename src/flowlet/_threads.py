@@ -36,6 +36,7 @@ class DaemonThreadPool:
         self._lock = threading.Lock()
 
     def submit(self, fn: Callable[..., R], /, *args: Any) -> Future[R]:
+        """Queue ``fn(*args)`` for a worker thread, starting one if none is idle."""
         future: Future[R] = Future()
         self._work.put((future, fn, args))
         if not self._idle.acquire(blocking=False):

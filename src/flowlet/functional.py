@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeGuard, TypeVar, cast, overload
 
+from typing_extensions import TypeIs
+
 from . import op as _op
 from ._flow import Flow
 from ._pipeline import pipe
@@ -47,9 +49,11 @@ class Operator(Generic[In, Out]):
 
     __slots__ = ("flow",)
 
+    flow: Flow[In, Out]
+    """The stages this operator applies, as a :class:`~flowlet.Flow`."""
+
     def __init__(self, flow: Flow[In, Out]) -> None:
         self.flow = flow
-        """The stages this operator applies, as a :class:`~flowlet.Flow`."""
 
     def __call__(self, source: Source[In], /) -> AsyncIterator[Out]:
         return pipe(source).through(self.flow).__aiter__()
@@ -88,6 +92,15 @@ def map(
     return Operator(_op.map(fn, concurrency=concurrency, ordered=ordered, buffer=buffer))
 
 
+@overload
+def filter(
+    pred: Callable[[T], TypeIs[U]],
+    /,
+    *,
+    concurrency: int = 1,
+    ordered: bool = False,
+    buffer: int | None = None,
+) -> Operator[T, U]: ...
 @overload
 def filter(
     pred: Callable[[T], TypeGuard[U]],
@@ -172,6 +185,8 @@ def batch(size: int, /) -> Operator[Any, list[Any]]:
 
 
 @overload
+def chain() -> Operator[Any, Any]: ...
+@overload
 def chain(op1: Operator[A, B], /) -> Operator[A, B]: ...
 @overload
 def chain(op1: Operator[A, B], op2: Operator[B, C], /) -> Operator[A, C]: ...
@@ -191,7 +206,16 @@ def chain(
     /,
 ) -> Operator[A, G]: ...
 @overload
-def chain(*ops: Operator[Any, Any]) -> Operator[Any, Any]: ...
+def chain(
+    op1: Operator[Any, Any],
+    op2: Operator[Any, Any],
+    op3: Operator[Any, Any],
+    op4: Operator[Any, Any],
+    op5: Operator[Any, Any],
+    op6: Operator[Any, Any],
+    /,
+    *ops: Operator[Any, Any],
+) -> Operator[Any, Any]: ...
 def chain(*ops: Operator[Any, Any]) -> Operator[Any, Any]:
     """Compose operators left to right into one; ``chain()`` is the identity.
 

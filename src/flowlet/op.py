@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, TypeGuard, overload
 
+from typing_extensions import TypeIs
+
 from ._flow import Flow
 from ._types import T, U
 
@@ -52,6 +54,15 @@ def map(
     return Flow().map(fn, concurrency=concurrency, ordered=ordered, buffer=buffer)
 
 
+@overload
+def filter(
+    pred: Callable[[T], TypeIs[U]],
+    /,
+    *,
+    concurrency: int = 1,
+    ordered: bool = False,
+    buffer: int | None = None,
+) -> Flow[T, U]: ...
 @overload
 def filter(
     pred: Callable[[T], TypeGuard[U]],
