@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 import pytest
 
 
@@ -15,11 +13,3 @@ import pytest
 )
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage_after_test() -> object:
-    # Abandoned iterators are finalised by the garbage collector; collect inside the test
-    # so that anything they report (unraisable exceptions, warnings) fails this test.
-    yield
-    gc.collect()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, ClassVar, Protocol, TypeVar, cast
@@ -134,14 +135,20 @@ class TrioBackend:
         if not future.done():
             parker = _TrioParker(self._lowlevel)
             call_soon = self._token.run_sync_soon
+            waiting = True
 
             def on_done(_: object) -> None:
-                call_soon(parker.wake)
+                # From the pool thread. Once the wait was abandoned, trio.run may have
+                # returned: then there is nobody to wake and nothing to report.
+                if waiting:
+                    with contextlib.suppress(RuntimeError):  # trio.RunFinishedError
+                        call_soon(parker.wake)
 
             future.add_done_callback(on_done)
             try:
                 await parker
             except BaseException:
+                waiting = False
                 future.cancel()
                 raise
         return future.result()

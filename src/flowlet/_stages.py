@@ -21,6 +21,9 @@ from ._validate import (
     is_coroutine_callable,
 )
 
+DEFAULT_BUFFER_FACTOR = 2
+"""``buffer`` defaults to this times ``concurrency``; run-ahead is then 3 x concurrency."""
+
 
 class Kind(enum.Enum):
     MAP = "map"
@@ -65,8 +68,11 @@ class Stage:
 
     @property
     def capacity(self) -> int:
-        """Finished values that may wait for the consumer (``buffer``, default ``concurrency``)."""
-        return self.concurrency if self.buffer is None else self.buffer
+        """Finished values that may wait for the consumer: ``buffer``, by default
+        ``2 * concurrency``. Less than that and producers running in bursts (a whole
+        batch of workers finishing in one scheduler pass, as on trio) keep finding the
+        buffer full and pay a park/wake per item."""
+        return DEFAULT_BUFFER_FACTOR * self.concurrency if self.buffer is None else self.buffer
 
     @property
     def run_ahead(self) -> int:

@@ -16,7 +16,7 @@ the inline chain itself.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from itertools import islice
 from typing import Any
@@ -173,6 +173,7 @@ async def _consume_sync(chain: SyncChain, run: Run, sink: Sink) -> None:
         chunk = list(islice(iterator, size))
         sink.extend(chunk)
         if len(chunk) < size:
+            chain.check_ended()
             return
         elapsed = clock() - started
         if elapsed < PACE_INTERVAL / 2 and size < 1 << 16:
@@ -200,7 +201,8 @@ def reader(final: Any) -> Callable[[], Any]:
 class Pacer:
     """Says when a per-item loop that may never suspend on its own (an async iterator
     over a sync source, say) should let the event loop run: about every
-    :data:`PACE_INTERVAL`, checking the clock only every :attr:`EVERY` items."""
+    :data:`PACE_INTERVAL`. Callers count items and ask only every :attr:`EVERY` items,
+    so the clock is read rarely."""
 
     __slots__ = ("_countdown", "_deadline")
 
@@ -216,6 +218,10 @@ class Pacer:
         if self._countdown:
             return False
         self._countdown = self.EVERY
+        return self.due()
+
+    def due(self) -> bool:
+        """True (and restart the interval) if the interval has passed."""
         now = time.perf_counter()
         if now < self._deadline:
             return False
@@ -223,61 +229,94 @@ class Pacer:
         return True
 
 
-async def _paced_items(final: Any, run: Run) -> AsyncGenerator[Any, None]:
-    """The items of ``final``, one by one, letting the event loop run regularly."""
-    checkpoint, pace = run.backend.checkpoint, Pacer()
-    if isinstance(final, SyncChain):
-        for item in final.iterator:
-            yield item
-            if pace.tick():
-                await checkpoint()
-        return
-    get = reader(final)
-    while (item := await get()) is not END:
-        yield item
-        if pace.tick():
-            await checkpoint()
+Cleanup = Callable[[BaseException | None], Awaitable[None]]
+Opened = tuple[Any, Run, "Cleanup | None"]
 
 
-# -- async iteration ---------------------------------------------------------------------
+async def _items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, None]:
+    """The items of a run, one by one, letting the event loop run regularly.
 
-
-async def iterate(source: Any, stages: Sequence[Stage]) -> AsyncIterator[Any]:
-    """``async for`` over a pipeline.
-
-    An async generator, so that the event loop finalises it when it is abandoned
-    (``break``, an exception in the loop body, garbage collection): the ``finally``
-    below then stops the runner and closes every iterator. Nothing here yields inside
-    a cancel scope: the workers live in the runner's task.
+    ``open_run()`` is called at the first ``__anext__`` and gives the node to read, the
+    run, and ``cleanup(primary)``, which runs when the generator ends, fails or is
+    closed; ``primary`` is the exception that ended it (None for exhaustion and for
+    ``aclose()``).
     """
-    run = Run()
-    final, decoupled = build(source, stages, run)
-    runner = None
-    if decoupled:
-        decoupled[-1].outbox.read_outside_run()
-        runner = Runner(run, decoupled)
-        runner.start()
+    final, run, cleanup = open_run()
+    checkpoint, pacer, every = run.backend.checkpoint, Pacer(), Pacer.EVERY
+    countdown = every
     primary: BaseException | None = None
-    items = _paced_items(final, run)
     try:
-        # Not `async for`: this generator closes `items` itself, below.
-        while True:
-            try:
-                item = await items.__anext__()
-            except StopAsyncIteration:
-                break
-            yield item
+        if isinstance(final, SyncChain):
+            for item in final.iterator:
+                yield item
+                countdown -= 1
+                if not countdown:
+                    countdown = every
+                    if pacer.due():
+                        await checkpoint()
+            final.check_ended()
+        elif isinstance(final, (Outbox, OrderedOutbox)):
+            get = final.get
+            while (item := await get()) is not END:
+                yield item
+                countdown -= 1
+                if not countdown:
+                    countdown = every
+                    if pacer.due():
+                        await checkpoint()
+        else:
+            anext = final.__anext__
+            while True:
+                try:
+                    item = await anext()
+                except StopAsyncIteration:
+                    break
+                yield item
+                countdown -= 1
+                if not countdown:
+                    countdown = every
+                    if pacer.due():
+                        await checkpoint()
     except BaseException as exc:
         if not isinstance(exc, GeneratorExit):
             primary = exc
         raise
     finally:
-        await items.aclose()
-        if runner is not None:
-            await runner.stop()
-        await close_final(final, run, failed=primary is not None or run.failed)
-        if primary is None:
-            run.raise_failure()
+        if cleanup is not None:
+            await cleanup(primary)
+
+
+# -- async iteration ---------------------------------------------------------------------
+
+
+def iterate(source: Any, stages: Sequence[Stage]) -> AsyncIterator[Any]:
+    """``async for`` over a pipeline.
+
+    An async generator, so that the event loop finalises it when it is abandoned
+    (``break``, an exception in the loop body, garbage collection); its cleanup then
+    stops the runner and closes every iterator. Nothing yields inside a cancel scope:
+    the workers live in the runner's task. The run starts at the first ``__anext__``.
+    """
+
+    def open_run() -> Opened:
+        run = Run()
+        final, decoupled = build(source, stages, run)
+        runner: Runner | None = None
+        if decoupled:
+            decoupled[-1].outbox.read_outside_run()
+            runner = Runner(run, decoupled)
+            runner.start()
+
+        async def cleanup(primary: BaseException | None) -> None:
+            if runner is not None:
+                await runner.stop()
+            await close_final(final, run, failed=primary is not None or run.failed)
+            if primary is None:
+                run.raise_failure()
+
+        return final, run, cleanup
+
+    return _items(open_run)
 
 
 class Runner:
@@ -325,7 +364,7 @@ async def stream(source: Any, stages: Sequence[Stage]) -> AsyncGenerator[AsyncIt
     closes every iterator before ``__aexit__`` returns."""
     run = Run()
     final, decoupled = build(source, stages, run)
-    items = _Scoped(_paced_items(final, run))
+    items = _Scoped(_items(lambda: (final, run, None)))
     body_error: BaseException | None = None
     try:
         with run.scope:

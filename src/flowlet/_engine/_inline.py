@@ -62,6 +62,10 @@ class SyncChain:
             first = filter(checked_first_call(stage), islice(upstream, 1))
             self.iterator = chain(first, filter(stage.fn, upstream))
 
+    def check_ended(self) -> None:
+        """Call when :attr:`iterator` ends: raise if the source had not ended."""
+        check_ended(self.iterator, self._source)
+
     def close(self) -> None:
         close_sync(self._source)
 
@@ -111,10 +115,32 @@ def reject_awaitable(result: object, stage: Stage) -> NoReturn:
     )
 
 
+def check_ended(chain: Iterator[Any], source: Iterator[Any]) -> None:
+    """``chain`` (builtin map/filter over ``source``) just ended: make sure ``source`` did.
+
+    A stage function that raises StopIteration inside a builtin ``map`` looks exactly
+    like the end of the stream and would silently drop the rest of it (generators and
+    coroutines turn it into RuntimeError, PEP 479; ``map`` does not). Asking the source
+    once more costs nothing per item and catches it.
+    """
+    if chain is not source and next(source, END) is not END:
+        raise RuntimeError(
+            "a map or filter function raised StopIteration, which would have silently "
+            "ended the stream early; raise another exception instead"
+        )
+
+
 def sync_reader(chain: SyncChain) -> Callable[[], Any]:
     """``read()`` for a sync upstream: the next item, or :data:`END`."""
     iterator = chain.iterator
-    return lambda: next(iterator, END)
+
+    def read() -> Any:
+        item = next(iterator, END)
+        if item is END:
+            chain.check_ended()
+        return item
+
+    return read
 
 
 def open_expansion(result: Any, stage: Stage) -> tuple[Any, bool]:
@@ -135,36 +161,33 @@ SKIP: Any = object()
 """Returned by a node's trailing steps for an item a filter dropped."""
 
 
-def compile_steps(stages: list[Stage]) -> Callable[[Any], Any]:
+def compile_steps(stages: list[Stage], *, checked: bool) -> Callable[[Any], Any]:
     """One function applying trailing sync map/filter ``stages`` to an item (or SKIP).
 
-    Each function's first call is checked (:func:`checked_first_call`); the check then
-    removes itself, so later calls cost one list lookup.
+    Composed from the last stage back, so a stage costs one call (a map that ends the
+    list costs nothing but its own function). ``checked``: check each function's
+    result for an awaitable (:func:`checked_first_call`), for the first item.
     """
-    steps: list[Callable[[Any], Any]] = []
-    is_map = [stage.kind is Kind.MAP for stage in stages]
-    for index, stage in enumerate(stages):
-        steps.append(_checked_once(stage, steps, index))
-
-    def apply(item: Any) -> Any:
-        for index, step in enumerate(steps):
-            if is_map[index]:
-                item = step(item)
-            elif not step(item):
-                return SKIP
-        return item
-
+    apply: Callable[[Any], Any] | None = None
+    for stage in reversed(stages):
+        fn: Callable[[Any], Any] = checked_first_call(stage) if checked else stage.fn  # type: ignore[assignment]
+        apply = _map_step(fn, apply) if stage.kind is Kind.MAP else _filter_step(fn, apply)
+    assert apply is not None
     return apply
 
 
-def _checked_once(stage: Stage, steps: list[Callable[[Any], Any]], index: int) -> Any:
-    first = checked_first_call(stage)
+def _map_step(fn: Callable[[Any], Any], then: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    if then is None:
+        return fn
+    return lambda item: then(fn(item))
 
-    def call(item: Any) -> Any:
-        steps[index] = stage.fn  # type: ignore[assignment]
-        return first(item)
 
-    return call
+def _filter_step(
+    fn: Callable[[Any], Any], then: Callable[[Any], Any] | None
+) -> Callable[[Any], Any]:
+    if then is None:
+        return lambda item: item if fn(item) else SKIP
+    return lambda item: then(item) if fn(item) else SKIP
 
 
 class Node:
@@ -197,7 +220,14 @@ class Node:
 
     def absorb(self, stage: Stage) -> None:
         self._post_stages.append(stage)
-        self._post = compile_steps(self._post_stages)
+        checked = compile_steps(self._post_stages, checked=True)
+        plain = compile_steps(self._post_stages, checked=False)
+
+        def first(item: Any) -> Any:  # checks the first item, then steps aside
+            self._post = plain
+            return checked(item)
+
+        self._post = first
 
     async def _read(self) -> Any:
         """The next upstream item, or :data:`END` (then again :data:`END` forever)."""
@@ -232,11 +262,13 @@ class Passthrough(Node):
     __slots__ = ()
 
     async def __anext__(self) -> Any:
-        post = self._post
+        next_sync = self._next_sync
         while True:
-            item = await self._read()
-            if item is END:
+            if next_sync is None:
+                item = await self._next_async()  # type: ignore[misc]
+            elif (item := next_sync()) is END:
                 raise StopAsyncIteration
+            post = self._post
             if post is None or (item := post(item)) is not SKIP:
                 return item
 
@@ -254,14 +286,16 @@ class AsyncMap(Node):
         self._fn = fn
 
     async def __anext__(self) -> Any:
-        fn, awaits, post = self._fn, self._awaits, self._post
+        next_sync, awaits = self._next_sync, self._awaits
         while True:
-            item = await self._read()
-            if item is END:
+            if next_sync is None:
+                item = await self._next_async()  # type: ignore[misc]
+            elif (item := next_sync()) is END:
                 raise StopAsyncIteration
-            result = fn(item)  # type: ignore[misc]
+            result = self._fn(item)  # type: ignore[misc]
             if awaits:
                 result = await result
+            post = self._post
             if post is None or (result := post(result)) is not SKIP:
                 return result
 
@@ -270,15 +304,19 @@ class AsyncFilter(AsyncMap):
     __slots__ = ()
 
     async def __anext__(self) -> Any:
-        fn, awaits, post = self._fn, self._awaits, self._post
+        next_sync, awaits = self._next_sync, self._awaits
         while True:
-            item = await self._read()
-            if item is END:
+            if next_sync is None:
+                item = await self._next_async()  # type: ignore[misc]
+            elif (item := next_sync()) is END:
                 raise StopAsyncIteration
-            keep = fn(item)  # type: ignore[misc]
+            keep = self._fn(item)  # type: ignore[misc]
             if awaits:
                 keep = await keep
-            if keep and (post is None or (item := post(item)) is not SKIP):
+            if not keep:
+                continue
+            post = self._post
+            if post is None or (item := post(item)) is not SKIP:
                 return item
 
 
@@ -340,6 +378,7 @@ class AsyncFlatMap(Node):
                     item = next(expansion, END)
                     if item is not END:
                         return item
+                    check_ended(expansion, self._source)
                 source, self._expansion, self._source = self._source, None, None
                 await close_any(source)  # fields cleared first: a failing close is not retried
             item = await self._read()
@@ -359,6 +398,7 @@ class AsyncFlatMap(Node):
             chunk: list[Any] = list(islice(expansion, self.CHUNK))
             if chunk:
                 return chunk
+            check_ended(expansion, self._source)
             source, self._expansion, self._source = self._source, None, None
             await close_any(source)
             item = await self._read()

@@ -112,15 +112,23 @@ class _Reading:
 
 
 class Outbox(_Reading):
-    """Completion-order buffer of at most ``capacity`` values; any number of readers."""
+    """Completion-order buffer of at most ``capacity`` values; any number of readers.
 
-    __slots__ = ("_capacity", "_items", "_writers")
+    A writer that finds the buffer full parks *with its value*; a reader that makes
+    room moves the oldest parked value into the buffer (a bulk reader takes them all)
+    and wakes its writer. So a drained buffer is really empty, rather than refilled at
+    once by the writers it woke: producers and consumer that run in bursts (trio runs
+    tasks in batches) do not ping-pong on a full buffer.
+    """
+
+    __slots__ = ("_capacity", "_items", "_parked", "_wake")
 
     def __init__(self, run: Run, capacity: int) -> None:
         super().__init__(run)
         self._items: deque[Any] = deque()
         self._capacity = capacity
-        self._writers = Waiters(run)
+        self._parked: deque[list[Any]] = deque()  # [parker, value] of waiting writers
+        self._wake = run.backend.wake
 
     def put_nowait(self, item: Any) -> bool:
         if len(self._items) >= self._capacity:
@@ -130,10 +138,25 @@ class Outbox(_Reading):
         return True
 
     async def put(self, item: Any) -> None:
-        while len(self._items) >= self._capacity:
-            await self._writers.wait()
-        self._items.append(item)
-        self._readers.wake_one()
+        """Add ``item``, waiting while the buffer is full; when this returns, the item
+        is in the buffer or already taken."""
+        if self.put_nowait(item):
+            return
+        entry = [self._run.backend.parker(), item]
+        self._parked.append(entry)
+        try:
+            await entry[0]
+        except BaseException:
+            if entry in self._parked:  # not taken: the value goes nowhere, as cancelled
+                self._parked.remove(entry)
+            raise
+
+    def _unpark(self) -> None:
+        # After a reader took one value: the oldest parked value takes its place.
+        if self._parked and len(self._items) < self._capacity:
+            parker, item = self._parked.popleft()
+            self._items.append(item)
+            self._wake(parker)
 
     async def get(self) -> Any:
         """The next value, or END once the stage completed and every value was taken.
@@ -147,14 +170,18 @@ class Outbox(_Reading):
                 return await self._end_of_stream()
             await self._readers.wait()
         item = items.popleft()
-        self._writers.wake_one()
+        if self._parked:
+            self._unpark()
         return item
 
     def take_all(self) -> list[Any]:
-        """Every value ready now (for terminals that consume in bulk)."""
+        """Every value ready now, parked ones included (for bulk consumers)."""
         items = list(self._items)
         self._items.clear()
-        self._writers.wake_all()
+        parked, self._parked = self._parked, deque()
+        for parker, item in parked:
+            items.append(item)
+            self._wake(parker)
         return items
 
     async def wait_ready(self) -> bool:
