@@ -22,6 +22,7 @@ from itertools import islice
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from .._stages import Stage
 from ._closing import close_any
@@ -104,40 +105,42 @@ async def execute(source: Any, stages: Sequence[Stage], sink: Sink) -> None:
     """Run the pipeline to the end, handing every output to ``sink``."""
     run = Run()
     final, decoupled = build(source, stages, run)
-    if not decoupled:
-        await _execute_inline(final, run, sink)
-    else:
-        await _execute_hosted(final, run, decoupled, sink)
-
-
-async def _execute_inline(final: Any, run: Run, sink: Sink) -> None:
-    try:
+    async with _hosted(run, final, decoupled):
         await _consume(final, run, sink)
-    except BaseException:
-        await close_final(final, run, failed=True)
-        raise
-    await close_final(final, run, failed=False)
 
 
-async def _execute_hosted(
-    final: Any, run: Run, decoupled: list[DecoupledStage], sink: Sink
-) -> None:
+@asynccontextmanager
+async def _hosted(run: Run, final: Any, decoupled: list[DecoupledStage]) -> AsyncGenerator[None]:
+    """Run the decoupled stages' workers while the block consumes ``final``; then close
+    ``final`` and raise the run's failure, if any.
+
+    The block's own exception is recorded as a failure of the run (so it stops the
+    workers) and raised after the cleanup, as itself: never inside an exception group.
+    Without decoupled stages there is nothing to host: no task group, no cancel scope.
+    """
     try:
-        with run.scope:
-            async with anyio.create_task_group() as tg:
-                for stage in decoupled:
-                    tg.start_soon(stage.run_workers)
-                try:
-                    await _consume(final, run, sink)
-                except BaseException as exc:
-                    if run.is_cancellation(exc):
-                        raise
-                    run.fail(exc)  # recorded, not raised: no exception group
+        if not decoupled:
+            yield
+        else:
+            with run.scope:
+                async with anyio.create_task_group() as tg:
+                    _start_workers(tg, decoupled)
+                    try:
+                        yield
+                    except BaseException as exc:
+                        if run.is_cancellation(exc):
+                            raise
+                        run.fail(exc)
     except BaseException:
         await close_final(final, run, failed=True)
         raise
     await close_final(final, run, failed=run.failed)
     run.raise_failure()
+
+
+def _start_workers(tg: anyio.abc.TaskGroup, decoupled: list[DecoupledStage]) -> None:
+    for stage in decoupled:
+        tg.start_soon(stage.run_workers)
 
 
 async def _consume(final: Any, run: Run, sink: Sink) -> None:
@@ -335,8 +338,7 @@ class Runner:
         try:
             with run.scope:
                 async with anyio.create_task_group() as tg:
-                    for stage in self._decoupled:
-                        tg.start_soon(stage.run_workers)
+                    _start_workers(tg, self._decoupled)
         except BaseException as exc:
             # Workers never raise; what arrives here is a cancellation from outside
             # (the event loop shutting down), which must be allowed to end the task.
@@ -365,28 +367,14 @@ async def stream(source: Any, stages: Sequence[Stage]) -> AsyncGenerator[AsyncIt
     run = Run()
     final, decoupled = build(source, stages, run)
     items = _Scoped(_items(lambda: (final, run, None)))
-    body_error: BaseException | None = None
-    try:
-        with run.scope:
-            async with anyio.create_task_group() as tg:
-                for stage in decoupled:
-                    tg.start_soon(stage.run_workers)
-                try:
-                    yield items
-                except BaseException as exc:
-                    if run.is_cancellation(exc):
-                        raise
-                    body_error = exc
-                finally:
-                    run.scope.cancel()
-                    await items.aclose()
-    except BaseException:
-        await close_final(final, run, failed=True)
-        raise
-    await close_final(final, run, failed=run.failed or body_error is not None)
-    if body_error is not None:
-        raise body_error
-    run.raise_failure()
+    async with _hosted(run, final, decoupled):
+        try:
+            yield items
+        finally:
+            # The block is over, whichever way: stop the workers before cleaning up.
+            if decoupled:
+                run.scope.cancel()
+            await items.aclose()
 
 
 class _Scoped:

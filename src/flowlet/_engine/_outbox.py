@@ -86,8 +86,9 @@ class _Reading:
         if self._state == self.DONE:
             return END
         run = self._run
-        if run.error is not None:
-            raise run.error
+        failure = run.error or run.close_error
+        if failure is not None:
+            raise failure
         if self._detached_reader:
             raise RuntimeError("flowlet: the pipeline was stopped before it finished")
         # A reader inside the run is being cancelled with it: let that arrive.
