@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+)
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeGuard, overload
 
@@ -93,8 +100,9 @@ class Pipeline(Generic[T_co]):
             of completion order. New calls keep starting while the oldest is slow,
             until ``concurrency + buffer`` inputs are in flight or waiting.
         :param buffer: how many finished results may wait for the consumer (default:
-            ``concurrency``). Setting it also decouples a ``concurrency=1`` stage from
-            its consumer: it then works ahead by up to ``1 + buffer`` items.
+            ``2 * concurrency``); the stage then holds at most ``concurrency + buffer``
+            input items. Setting it also decouples a ``concurrency=1`` stage from its
+            consumer: it then works ahead by up to ``1 + buffer`` items.
         :raises ValueError: ``concurrency`` or ``buffer`` is not an int >= 1.
         :raises TypeError: ``fn`` is not callable, ``ordered`` is not a bool.
         """
@@ -242,7 +250,7 @@ class Pipeline(Generic[T_co]):
         and return when the pipeline is exhausted and every call has finished."""
         await self.map(fn, concurrency=concurrency).drain()
 
-    def __aiter__(self) -> AsyncIterator[T_co]:
+    def __aiter__(self) -> AsyncGenerator[T_co, None]:  # noqa: PYI058 - has aclose()
         """Iterate with ``async for``. Breaking out of the loop, an exception in its
         body, ``aclose()`` and garbage collection all stop in-flight work and close
         the source promptly; use :meth:`stream` to make that happen deterministically

@@ -13,7 +13,15 @@ bracketed code, so the ``# pyright: ignore`` after it is always reported as unne
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+)
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeGuard
 
@@ -172,7 +180,9 @@ async def check_iteration(ints: Pipeline[int]) -> None:
         assert_type(x, int)
     async for s in ints.map(int_to_str):
         assert_type(s, str)
-    assert_type(aiter(ints), AsyncIterator[int])
+    iterator = aiter(ints)
+    assert_type(iterator, AsyncGenerator[int, None])
+    await iterator.aclose()  # an early exit can close it explicitly
     async with ints.stream() as items:
         assert_type(items, AsyncIterator[int])
         async for y in items:

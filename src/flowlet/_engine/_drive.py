@@ -15,6 +15,8 @@ the inline chain itself.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -24,9 +26,19 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from .._backend import Backend, current_backend
 from .._stages import Stage
 from ._closing import close_any
-from ._inline import END, NODE_TYPES, Node, Passthrough, SyncChain
+from ._inline import (
+    END,
+    NODE_TYPES,
+    PACE_INTERVAL,
+    Node,
+    Pacer,
+    Passthrough,
+    Pause,
+    SyncChain,
+)
 from ._outbox import OrderedOutbox, Outbox
 from ._run import Run
 from ._stage import DecoupledStage
@@ -50,9 +62,6 @@ def _discard(_: object) -> None:
 
 
 DISCARD = Sink(_discard, _discard)
-
-PACE_INTERVAL = 0.002
-"""Seconds a loop that never suspends may keep the event loop to itself (about)."""
 
 
 def build(source: Any, stages: Sequence[Stage], run: Run) -> tuple[Any, list[DecoupledStage]]:
@@ -173,7 +182,13 @@ async def _consume_sync(chain: SyncChain, run: Run, sink: Sink) -> None:
     size = 16
     while True:
         started = clock()
-        chunk = list(islice(iterator, size))
+        chunk: list[Any] = []
+        try:
+            chunk.extend(islice(iterator, size))  # keeps what it got if a Pause comes
+        except Pause:
+            sink.extend(chunk)
+            await checkpoint()
+            continue
         sink.extend(chunk)
         if len(chunk) < size:
             chain.check_ended()
@@ -201,36 +216,7 @@ def reader(final: Any) -> Callable[[], Any]:
     return get
 
 
-class Pacer:
-    """Says when a per-item loop that may never suspend on its own (an async iterator
-    over a sync source, say) should let the event loop run: about every
-    :data:`PACE_INTERVAL`. Callers count items and ask only every :attr:`EVERY` items,
-    so the clock is read rarely."""
-
-    __slots__ = ("_countdown", "_deadline")
-
-    EVERY = 64
-
-    def __init__(self) -> None:
-        self._countdown = self.EVERY
-        self._deadline = time.perf_counter() + PACE_INTERVAL
-
-    def tick(self) -> bool:
-        """Count one item; True when the caller should checkpoint now."""
-        self._countdown -= 1
-        if self._countdown:
-            return False
-        self._countdown = self.EVERY
-        return self.due()
-
-    def due(self) -> bool:
-        """True (and restart the interval) if the interval has passed."""
-        now = time.perf_counter()
-        if now < self._deadline:
-            return False
-        self._deadline = now + PACE_INTERVAL
-        return True
-
+logger = logging.getLogger("flowlet")
 
 Cleanup = Callable[[BaseException | None], Awaitable[None]]
 Opened = tuple[Any, Run, "Cleanup | None"]
@@ -250,7 +236,15 @@ async def _items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, None]:
     primary: BaseException | None = None
     try:
         if isinstance(final, SyncChain):
-            for item in final.iterator:
+            iterator = final.iterator
+            while True:
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    break
+                except Pause:
+                    await checkpoint()
+                    continue
                 yield item
                 countdown -= 1
                 if not countdown:
@@ -292,13 +286,14 @@ async def _items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, None]:
 # -- async iteration ---------------------------------------------------------------------
 
 
-def iterate(source: Any, stages: Sequence[Stage]) -> AsyncIterator[Any]:
-    """``async for`` over a pipeline.
+def iterate(source: Any, stages: Sequence[Stage]) -> AsyncGenerator[Any, None]:
+    """``async for`` over a pipeline; the run starts at the first ``__anext__``.
 
-    An async generator, so that the event loop finalises it when it is abandoned
-    (``break``, an exception in the loop body, garbage collection); its cleanup then
-    stops the runner and closes every iterator. Nothing yields inside a cancel scope:
-    the workers live in the runner's task. The run starts at the first ``__anext__``.
+    Nothing yields inside a cancel scope: the workers live in a runner task. Leaving
+    the loop by any route ends in the cleanup below, which stops the runner and closes
+    every iterator: at once for exhaustion, errors and ``aclose()``; for a ``break`` or
+    garbage collection, as soon as the event loop runs the close scheduled by
+    :class:`PipelineIterator`.
     """
 
     def open_run() -> Opened:
@@ -319,7 +314,63 @@ def iterate(source: Any, stages: Sequence[Stage]) -> AsyncIterator[Any]:
 
         return final, run, cleanup
 
-    return _items(open_run)
+    return PipelineIterator(open_run)
+
+
+class PipelineIterator(AsyncGenerator[Any, None]):
+    """The async iterator of a pipeline: an async generator in all but type.
+
+    It wraps the run's generator so that abandoning it is clean on every backend: when
+    it is garbage collected half-way (after ``break``), it schedules the generator's
+    ``aclose()`` on the event loop instead of leaving the generator to the collector
+    (trio warns about every async generator collected unfinished; asyncio would finalise
+    it through its own hooks).
+    """
+
+    __slots__ = ("_backend", "_gen", "_open_run")
+
+    def __init__(self, open_run: Callable[[], Opened]) -> None:
+        self._open_run = open_run
+        self._gen: AsyncGenerator[Any, None] | None = None
+        self._backend: Backend | None = None
+
+    def _started(self) -> AsyncGenerator[Any, None]:
+        if self._gen is None:
+            self._backend = current_backend()
+            self._gen = _items(self._open_run)
+        return self._gen
+
+    def __aiter__(self) -> PipelineIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await (self._gen or self._started()).__anext__()
+
+    async def asend(self, value: None) -> Any:
+        return await (self._gen or self._started()).asend(value)
+
+    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        return await (self._gen or self._started()).athrow(typ, val, tb)
+
+    async def aclose(self) -> None:
+        if self._gen is not None:
+            await self._gen.aclose()
+
+    def __del__(self) -> None:
+        gen, backend = self._gen, self._backend
+        if gen is None or backend is None or getattr(gen, "ag_frame", None) is None:
+            return  # never started, or already finished
+        with contextlib.suppress(RuntimeError):  # the event loop is gone: nothing to close
+            backend.threadsafe_caller()(lambda: backend.spawn_detached(lambda: _close(gen)))
+
+
+async def _close(abandoned: AsyncGenerator[Any, None]) -> None:
+    try:
+        await abandoned.aclose()
+    except Exception:
+        # Nobody is left to receive it: report it the way asyncio reports failures of
+        # the async generators it finalises.
+        logger.exception("flowlet: closing an abandoned pipeline iterator failed")
 
 
 class Runner:

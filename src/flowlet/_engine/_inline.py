@@ -17,24 +17,122 @@ exit, and that closes the node's expansion and then its upstream.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import chain, islice
 from typing import Any, NoReturn
 
+from .._backend import current_backend
 from .._stages import Kind, Stage
 from ._closing import close_all, close_any, close_sync
 
 END: Any = object()
 """Returned by readers instead of raising StopIteration / StopAsyncIteration."""
 
+PACE_INTERVAL = 0.002
+"""Seconds a loop that never suspends may keep the event loop to itself (about)."""
+
+
+PAUSE: Any = object()
+"""Returned by :func:`sync_reader` when a sync chain asks its reader to let the event
+loop run before reading on (see :class:`Watch`)."""
+
+
+class Pause(Exception):
+    """Raised through a :class:`SyncChain` when it has run for a pacing interval."""
+
+
+class Watch:
+    """The bottom of a :class:`SyncChain`: the source, watched.
+
+    Two jobs the builtin ``map``/``filter`` above it cannot do:
+
+    * pacing - a filter that drops a long run of items (or a big batch) pulls many
+      source items for one output; every :attr:`EVERY` items the watch checks the
+      clock and, once :data:`PACE_INTERVAL` has passed, raises :class:`Pause` up
+      through the chain. ``map``, ``filter``, ``islice`` and ``itertools.chain`` let an
+      exception through and carry on when called again, so whoever reads the chain
+      catches it, lets the event loop run, and reads on;
+    * StopIteration - a map or filter function raising StopIteration looks like the
+      end of the stream to ``map``; :attr:`ended` tells the real end from that.
+    """
+
+    __slots__ = ("_countdown", "_deadline", "_next", "ended")
+
+    EVERY = 64
+
+    def __init__(self, source: Iterator[Any]) -> None:
+        self._next = source.__next__
+        self._countdown = self.EVERY
+        self._deadline = time.perf_counter() + PACE_INTERVAL
+        self.ended = False
+
+    def __iter__(self) -> Watch:
+        return self
+
+    def __next__(self) -> Any:
+        self._countdown -= 1
+        if not self._countdown:
+            self._countdown = self.EVERY
+            now = time.perf_counter()
+            if now >= self._deadline:
+                self._deadline = now + PACE_INTERVAL
+                raise Pause
+        try:
+            return self._next()
+        except StopIteration:
+            self.ended = True
+            raise
+
+
+class Pacer:
+    """Says when a per-item loop that may never suspend on its own (an async iterator
+    over a sync source, a filter dropping a long run of items) should let the event
+    loop run: about every :data:`PACE_INTERVAL`. Callers count items with :meth:`tick`,
+    which reads the clock only every :attr:`EVERY` items."""
+
+    __slots__ = ("_countdown", "_deadline")
+
+    EVERY = 64
+
+    def __init__(self) -> None:
+        self._countdown = self.EVERY
+        self._deadline = time.perf_counter() + PACE_INTERVAL
+
+    def tick(self) -> bool:
+        """Count one item; True when the caller should checkpoint now."""
+        self._countdown -= 1
+        if self._countdown:
+            return False
+        self._countdown = self.EVERY
+        return self.due()
+
+    def due(self) -> bool:
+        """True (and restart the interval) if the interval has passed."""
+        now = time.perf_counter()
+        if now < self._deadline:
+            return False
+        self._deadline = now + PACE_INTERVAL
+        return True
+
+
+async def let_loop_run() -> None:
+    """A checkpoint for the rare pauses of inline nodes (every PACE_INTERVAL at most)."""
+    await current_backend().checkpoint()
+
 
 class SyncChain:
-    """Inline sync stages over a sync source, as one lazy iterator (:attr:`iterator`)."""
+    """Inline sync stages over a sync source, as one lazy iterator (:attr:`iterator`).
 
-    __slots__ = ("_source", "iterator")
+    Reading :attr:`iterator` may raise :class:`Pause` (let the event loop run, then
+    read again); when it ends, call :meth:`check_ended`.
+    """
+
+    __slots__ = ("_source", "_watch", "iterator")
 
     def __init__(self, source: Iterator[Any]) -> None:
         self._source = source
+        self._watch: Watch | None = None
         self.iterator: Iterator[Any] = source
 
     def can_take(self, stage: Stage) -> bool:
@@ -49,9 +147,12 @@ class SyncChain:
         :func:`checked_first_call`), the rest through the function itself; both read the
         same upstream lazily, so the chain stays in lockstep.
         """
+        if self._watch is None:
+            self._watch = Watch(self._source)
+            self.iterator = self._watch
         upstream = self.iterator
         if stage.kind is Kind.BATCH:
-            self.iterator = _batches(upstream, stage.size)
+            self.iterator = Batches(upstream, stage.size)
             return
         assert stage.fn is not None
         first: Iterator[Any]
@@ -63,8 +164,14 @@ class SyncChain:
             self.iterator = chain(first, filter(stage.fn, upstream))
 
     def check_ended(self) -> None:
-        """Call when :attr:`iterator` ends: raise if the source had not ended."""
-        check_ended(self.iterator, self._source)
+        """Call when :attr:`iterator` ended: raise if a stage function raised
+        StopIteration (generators and coroutines turn that into RuntimeError, PEP 479;
+        the builtin ``map`` does not, and would silently end the stream instead)."""
+        if self._watch is not None and not self._watch.ended:
+            raise RuntimeError(
+                "a map or filter function raised StopIteration, which would have silently "
+                "ended the stream early; raise another exception instead"
+            )
 
     def close(self) -> None:
         close_sync(self._source)
@@ -73,14 +180,32 @@ class SyncChain:
         self.close()
 
 
-def _batches(iterator: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    while True:
-        chunk = list(islice(iterator, size))
-        if not chunk:
-            return
-        yield chunk
-        if len(chunk) < size:  # the upstream is exhausted; do not ask it again
-            return
+class Batches:
+    """``batch(size)`` over a sync iterator. A class rather than a generator so that a
+    :class:`Pause` from below leaves the batch being filled intact."""
+
+    __slots__ = ("_chunk", "_done", "_iterator", "_size")
+
+    def __init__(self, iterator: Iterator[Any], size: int) -> None:
+        self._iterator = iterator
+        self._size = size
+        self._chunk: list[Any] = []
+        self._done = False
+
+    def __iter__(self) -> Batches:
+        return self
+
+    def __next__(self) -> list[Any]:
+        if self._done:
+            raise StopIteration
+        chunk = self._chunk
+        chunk.extend(islice(self._iterator, self._size - len(chunk)))  # keeps what it got
+        if len(chunk) < self._size:
+            self._done = True  # the upstream ended; do not ask it again
+            if not chunk:
+                raise StopIteration
+        self._chunk = []
+        return chunk
 
 
 def checked_first_call(stage: Stage) -> Callable[[Any], Any]:
@@ -95,7 +220,10 @@ def checked_first_call(stage: Stage) -> Callable[[Any], Any]:
     assert fn is not None
 
     def first_call(item: Any) -> Any:
-        result = fn(item)
+        try:
+            result = fn(item)
+        except StopIteration as exc:  # would end only the first-item segment of the chain
+            raise RuntimeError(f"{stage.describe()} raised StopIteration") from exc
         if inspect.isawaitable(result):
             reject_awaitable(result, stage)
         return result
@@ -115,27 +243,16 @@ def reject_awaitable(result: object, stage: Stage) -> NoReturn:
     )
 
 
-def check_ended(chain: Iterator[Any], source: Iterator[Any]) -> None:
-    """``chain`` (builtin map/filter over ``source``) just ended: make sure ``source`` did.
-
-    A stage function that raises StopIteration inside a builtin ``map`` looks exactly
-    like the end of the stream and would silently drop the rest of it (generators and
-    coroutines turn it into RuntimeError, PEP 479; ``map`` does not). Asking the source
-    once more costs nothing per item and catches it.
-    """
-    if chain is not source and next(source, END) is not END:
-        raise RuntimeError(
-            "a map or filter function raised StopIteration, which would have silently "
-            "ended the stream early; raise another exception instead"
-        )
-
-
 def sync_reader(chain: SyncChain) -> Callable[[], Any]:
-    """``read()`` for a sync upstream: the next item, or :data:`END`."""
+    """``read()`` for a sync upstream: the next item, :data:`END`, or :data:`PAUSE`
+    (let the event loop run, then read again)."""
     iterator = chain.iterator
 
     def read() -> Any:
-        item = next(iterator, END)
+        try:
+            item = next(iterator, END)
+        except Pause:
+            return PAUSE
         if item is END:
             chain.check_ended()
         return item
@@ -197,11 +314,12 @@ class Node:
     applied to each item it produces, instead of costing a node each.
     """
 
-    __slots__ = ("_ended", "_next_async", "_next_sync", "_post", "_post_stages", "_up")
+    __slots__ = ("_drops", "_ended", "_next_async", "_next_sync", "_post", "_post_stages", "_up")
 
     def __init__(self, upstream: Any) -> None:
         self._up = upstream
         self._ended = False
+        self._drops = Pacer()  # paces loops that drop items (and so never return)
         self._post: Callable[[Any], Any] | None = None
         self._post_stages: list[Stage] = []
         if isinstance(upstream, SyncChain):
@@ -229,12 +347,18 @@ class Node:
 
         self._post = first
 
+    async def _dropped(self) -> None:
+        """An item was filtered out: the loop goes on without returning; pace it."""
+        if self._drops.tick():
+            await let_loop_run()
+
     async def _read(self) -> Any:
         """The next upstream item, or :data:`END` (then again :data:`END` forever)."""
         if self._ended:
             return END
         if self._next_sync is not None:
-            item = self._next_sync()
+            while (item := self._next_sync()) is PAUSE:
+                await let_loop_run()
             if item is END:
                 self._ended = True
             return item
@@ -268,9 +392,13 @@ class Passthrough(Node):
                 item = await self._next_async()  # type: ignore[misc]
             elif (item := next_sync()) is END:
                 raise StopAsyncIteration
+            elif item is PAUSE:
+                await let_loop_run()
+                continue
             post = self._post
             if post is None or (item := post(item)) is not SKIP:
                 return item
+            await self._dropped()
 
 
 class AsyncMap(Node):
@@ -292,12 +420,16 @@ class AsyncMap(Node):
                 item = await self._next_async()  # type: ignore[misc]
             elif (item := next_sync()) is END:
                 raise StopAsyncIteration
+            elif item is PAUSE:
+                await let_loop_run()
+                continue
             result = self._fn(item)  # type: ignore[misc]
             if awaits:
                 result = await result
             post = self._post
             if post is None or (result := post(result)) is not SKIP:
                 return result
+            await self._dropped()
 
 
 class AsyncFilter(AsyncMap):
@@ -310,14 +442,17 @@ class AsyncFilter(AsyncMap):
                 item = await self._next_async()  # type: ignore[misc]
             elif (item := next_sync()) is END:
                 raise StopAsyncIteration
+            elif item is PAUSE:
+                await let_loop_run()
+                continue
             keep = self._fn(item)  # type: ignore[misc]
             if awaits:
                 keep = await keep
-            if not keep:
-                continue
-            post = self._post
-            if post is None or (item := post(item)) is not SKIP:
-                return item
+            if keep:
+                post = self._post
+                if post is None or (item := post(item)) is not SKIP:
+                    return item
+            await self._dropped()
 
 
 class AsyncBatch(Node):
@@ -328,7 +463,6 @@ class AsyncBatch(Node):
         self._size = stage.size
 
     async def __anext__(self) -> Any:
-        post = self._post
         while True:
             batch: list[Any] = []
             while len(batch) < self._size:
@@ -338,97 +472,109 @@ class AsyncBatch(Node):
                 batch.append(item)
             if not batch:
                 raise StopAsyncIteration
+            post = self._post
             if post is None:
                 return batch
             if (result := post(batch)) is not SKIP:
                 return result
+            await self._dropped()
 
 
 class AsyncFlatMap(Node):
     """Streams each expansion lazily; closes each one exactly once, when it is
     exhausted or when the node is closed. Absorbed steps run inside sync expansions
-    as builtin map/filter, so they cost no extra call per item."""
+    as a :class:`SyncChain` (builtin map/filter), costing no extra call per item."""
 
-    __slots__ = ("_checked", "_expansion", "_expansion_is_async", "_source", "_stage")
+    __slots__ = ("_chain", "_expansion", "_expansion_is_async", "_source", "_stage")
 
     CHUNK = 1024  # items a bulk consumer takes from a sync expansion at once
 
     def __init__(self, upstream: Any, stage: Stage) -> None:
         super().__init__(upstream)
         self._stage = stage
-        self._expansion: Any = None  # what we read: the expansion, or a chain over it
-        self._source: Any = None  # the expansion itself: what we close
+        self._source: Any = None  # the expansion: what we close
+        self._chain: SyncChain | None = None  # the absorbed steps over a sync expansion
+        self._expansion: Any = None  # what we read: the source, or the chain over it
         self._expansion_is_async = False
-        self._checked = False  # have the absorbed steps had their first-call check?
 
     async def __anext__(self) -> Any:
         while True:
             expansion = self._expansion
-            if expansion is not None:
-                if self._expansion_is_async:
-                    post = self._post
-                    try:
-                        while True:
-                            item = await expansion.__anext__()
-                            if post is None or (item := post(item)) is not SKIP:
-                                return item
-                    except StopAsyncIteration:
-                        pass
-                else:
+            if expansion is None:
+                item = await self._read()
+                if item is END:
+                    raise StopAsyncIteration
+                await self._expand(item)
+            elif self._expansion_is_async:
+                post = self._post
+                try:
+                    while True:
+                        item = await expansion.__anext__()
+                        if post is None or (item := post(item)) is not SKIP:
+                            return item
+                        await self._dropped()
+                except StopAsyncIteration:
+                    await self._finish_expansion()
+            else:
+                try:
                     item = next(expansion, END)
-                    if item is not END:
-                        return item
-                    check_ended(expansion, self._source)
-                source, self._expansion, self._source = self._source, None, None
-                await close_any(source)  # fields cleared first: a failing close is not retried
-            item = await self._read()
-            if item is END:
-                raise StopAsyncIteration
-            result = self._stage.fn(item)  # type: ignore[misc]
-            if self._stage.awaits:
-                result = await result
-            self._open(result)
+                except Pause:
+                    await let_loop_run()
+                    continue
+                if item is not END:
+                    return item
+                await self._finish_expansion()
 
     async def next_chunk(self) -> list[Any]:
         # Bulk path for terminals: a sync expansion is taken a chunk at a time, in C.
         while True:
             expansion = self._expansion
-            if expansion is None or self._expansion_is_async:
+            if expansion is None:
+                item = await self._read()
+                if item is END:
+                    return []
+                await self._expand(item)
+                continue
+            if self._expansion_is_async:
                 return await super().next_chunk()
-            chunk: list[Any] = list(islice(expansion, self.CHUNK))
+            chunk: list[Any] = []
+            try:
+                chunk.extend(islice(expansion, self.CHUNK))
+            except Pause:
+                if chunk:
+                    return chunk
+                await let_loop_run()
+                continue
             if chunk:
                 return chunk
-            check_ended(expansion, self._source)
-            source, self._expansion, self._source = self._source, None, None
-            await close_any(source)
-            item = await self._read()
-            if item is END:
-                return []
-            result = self._stage.fn(item)  # type: ignore[misc]
-            if self._stage.awaits:
-                result = await result
-            self._open(result)
+            await self._finish_expansion()
 
-    def _open(self, result: Any) -> None:
+    async def _expand(self, item: Any) -> None:
+        result = self._stage.fn(item)  # type: ignore[misc]
+        if self._stage.awaits:
+            result = await result
         source, is_async = open_expansion(result, self._stage)
-        self._source, self._expansion_is_async = source, is_async
-        self._expansion = source
-        if is_async or not self._post_stages:
-            return
-        if not self._checked:  # the first expansion goes through the checked chain
-            self._checked = True
-            chain = SyncChain(source)
+        self._source = self._expansion = source
+        self._expansion_is_async = is_async
+        if not is_async and self._post_stages:
+            self._chain = SyncChain(source)
             for stage in self._post_stages:
-                chain.take(stage)
-            self._expansion = chain.iterator
-            return
-        for stage in self._post_stages:
-            fn: Callable[[Any], Any] = stage.fn  # type: ignore[assignment]
-            apply = map if stage.kind is Kind.MAP else filter
-            self._expansion = apply(fn, self._expansion)
+                self._chain.take(stage)
+            self._expansion = self._chain.iterator
+
+    async def _finish_expansion(self) -> None:
+        chain, source = self._chain, self._source
+        # Cleared first: a failing close is not retried by aclose().
+        self._expansion = self._source = self._chain = None
+        try:
+            if chain is not None:
+                chain.check_ended()
+        finally:
+            await close_any(source)
+        await self._dropped()  # a run of empty expansions returns nothing: pace it
 
     async def aclose(self) -> None:
-        source, self._expansion, self._source = self._source, None, None
+        source, self._expansion, self._source, self._chain = self._source, None, None, None
         await close_all(x for x in (source, self._up) if x is not None)
 
 

@@ -3,7 +3,7 @@
 A stage with ``concurrency=N`` runs N workers. Each worker reads an input from the
 upstream, calls the function and puts the result in the stage's outbox; it holds at
 most one input at a time. So the stage holds at most ``N`` inputs in flight plus the
-finished values in its outbox (``buffer``, by default ``N``): its run-ahead is at most
+finished values in its outbox (``buffer``, by default ``2N``): its run-ahead is at most
 ``concurrency + buffer`` inputs, in completion order and in input order alike.
 
 The stage owns its upstream: once every worker has stopped, for whatever reason, it
@@ -21,7 +21,15 @@ import anyio
 
 from .._stages import Kind, Stage
 from ._closing import close_any
-from ._inline import END, SyncChain, open_expansion, reject_awaitable, sync_reader
+from ._inline import (
+    END,
+    PAUSE,
+    Pacer,
+    SyncChain,
+    open_expansion,
+    reject_awaitable,
+    sync_reader,
+)
 from ._outbox import SKIP, OrderedFlatOutbox, OrderedOutbox, Outbox, Waiters
 from ._run import Run
 
@@ -50,6 +58,7 @@ class DecoupledStage:
         self._read = make_reader(upstream, run)
         # A sync upstream is read with a plain call, saving a coroutine per item.
         self._sync_next = sync_reader(upstream) if isinstance(upstream, SyncChain) else None
+        self._checkpoint = run.backend.checkpoint
         self._fn: Callable[[Any], Any] = stage.fn if stage.awaits else self._call_sync  # type: ignore[assignment]
         self._loop = self._pick_loop(ordered)
 
@@ -114,25 +123,32 @@ class DecoupledStage:
         read, sync_next, fn, awaits = self._read, self._sync_next, self._fn, self.stage.awaits
         outbox: Outbox = self.outbox  # type: ignore[assignment]
         put_nowait = outbox.put_nowait
-        is_filter = self.stage.kind is Kind.FILTER
+        is_filter, drops, checkpoint = self.stage.kind is Kind.FILTER, Pacer(), self._checkpoint
         while True:
             item = sync_next() if sync_next is not None else await read()
             if item is END:
                 return
+            if item is PAUSE:
+                await checkpoint()
+                continue
             result = fn(item)
             if awaits:
                 result = await result
             if is_filter:
                 if not result:
+                    if drops.tick():  # dropping a long run never waits on the outbox
+                        await checkpoint()
                     continue
                 result = item
             if not put_nowait(result):
                 await outbox.put(result)
 
     async def _flat_loop(self) -> None:
-        read, call = self._read, self._call
+        read, call, pace = self._read, self._call, Pacer()
         outbox: Outbox = self.outbox  # type: ignore[assignment]
         while True:
+            if pace.tick():  # empty expansions never wait on the outbox
+                await self._checkpoint()
             item = await read()
             if item is END:
                 return
@@ -220,15 +236,19 @@ class _owned:
 def make_reader(upstream: Any, run: Run) -> Reader:
     """An async ``read()`` giving the next upstream item or END, safe for many workers."""
     if isinstance(upstream, SyncChain):
-        return _sync_read(sync_reader(upstream))
+        return _sync_read(sync_reader(upstream), run)
     if isinstance(upstream, (Outbox, OrderedOutbox)):
         return upstream.get  # many readers are fine
     return _LockedReader(upstream, run).read
 
 
-def _sync_read(read: Callable[[], Any]) -> Reader:
+def _sync_read(read: Callable[[], Any], run: Run) -> Reader:
+    checkpoint = run.backend.checkpoint
+
     async def sync_read() -> Any:
-        return read()
+        while (item := read()) is PAUSE:
+            await checkpoint()
+        return item
 
     return sync_read
 

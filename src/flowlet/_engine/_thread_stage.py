@@ -28,7 +28,7 @@ from typing import Any
 
 from .._offload import ThreadCall
 from .._stages import Kind, Stage
-from ._inline import END
+from ._inline import END, PAUSE
 from ._outbox import Outbox, Waiters
 from ._run import Run
 from ._stage import DecoupledStage
@@ -126,6 +126,9 @@ class ThreadPumpStage(DecoupledStage):
             item = sync_next() if sync_next is not None else await read()
             if item is END:
                 break
+            if item is PAUSE:
+                await self._checkpoint()
+                continue
             self._held += 1
             with self._lock:
                 self._inputs.append((item, copy_context()))
