@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -167,7 +167,7 @@ async def _consume(final: Any, run: Run, sink: Sink) -> None:
                 await checkpoint()
     else:
         checkpoint, append, pace = run.backend.checkpoint, sink.append, Pacer()
-        get = reader(final)
+        get = final.get if isinstance(final, OrderedOutbox) else _getter(final)
         while (item := await get()) is not END:
             append(item)
             if pace.tick():
@@ -179,7 +179,7 @@ async def _consume_sync(chain: SyncChain, run: Run, sink: Sink) -> None:
     # run between chunks: fast sync stages cost one islice per chunk, slow ones cannot
     # starve the other tasks for long.
     iterator, checkpoint, clock = chain.iterator, run.backend.checkpoint, time.perf_counter
-    size = 16
+    size = 1  # doubles while chunks are quick: slow stages are paced from the first item
     while True:
         started = clock()
         chunk: list[Any] = []
@@ -201,10 +201,8 @@ async def _consume_sync(chain: SyncChain, run: Run, sink: Sink) -> None:
         await checkpoint()
 
 
-def reader(final: Any) -> Callable[[], Any]:
-    """``get()`` for an async node or outbox: the next item, or END."""
-    if isinstance(final, (Outbox, OrderedOutbox)):
-        return final.get
+def _getter(final: Any) -> Callable[[], Any]:
+    """``get()`` for an async iterator: the next item, or END."""
     anext = final.__anext__
 
     async def get() -> Any:
@@ -231,26 +229,24 @@ async def _items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, None]:
     ``aclose()``).
     """
     final, run, cleanup = open_run()
-    checkpoint, pacer, every = run.backend.checkpoint, Pacer(), Pacer.EVERY
-    countdown = every
+    checkpoint, pacer = run.backend.checkpoint, Pacer()
+    countdown = 1  # items until the next look at the clock (see Pacer)
     primary: BaseException | None = None
     try:
         if isinstance(final, SyncChain):
             iterator = final.iterator
             while True:
                 try:
-                    item = next(iterator)
-                except StopIteration:
+                    for item in iterator:
+                        yield item
+                        countdown -= 1
+                        if not countdown:
+                            if pacer.expired():
+                                await checkpoint()
+                            countdown = pacer.countdown
                     break
-                except Pause:
+                except Pause:  # raised by the chain's Probe: the loop's turn, then read on
                     await checkpoint()
-                    continue
-                yield item
-                countdown -= 1
-                if not countdown:
-                    countdown = every
-                    if pacer.due():
-                        await checkpoint()
             final.check_ended()
         elif isinstance(final, (Outbox, OrderedOutbox)):
             get = final.get
@@ -258,9 +254,9 @@ async def _items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, None]:
                 yield item
                 countdown -= 1
                 if not countdown:
-                    countdown = every
-                    if pacer.due():
+                    if pacer.expired():
                         await checkpoint()
+                    countdown = pacer.countdown
         else:
             anext = final.__anext__
             while True:
@@ -271,9 +267,9 @@ async def _items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, None]:
                 yield item
                 countdown -= 1
                 if not countdown:
-                    countdown = every
-                    if pacer.due():
+                    if pacer.expired():
                         await checkpoint()
+                    countdown = pacer.countdown
     except BaseException as exc:
         if not isinstance(exc, GeneratorExit):
             primary = exc
@@ -314,10 +310,10 @@ def iterate(source: Any, stages: Sequence[Stage]) -> AsyncGenerator[Any, None]:
 
         return final, run, cleanup
 
-    return PipelineIterator(open_run)
+    return cast("AsyncGenerator[Any, None]", PipelineIterator(open_run))
 
 
-class PipelineIterator(AsyncGenerator[Any, None]):
+class PipelineIterator:
     """The async iterator of a pipeline: an async generator in all but type.
 
     It wraps the run's generator so that abandoning it is clean on every backend: when
@@ -343,18 +339,19 @@ class PipelineIterator(AsyncGenerator[Any, None]):
     def __aiter__(self) -> PipelineIterator:
         return self
 
-    async def __anext__(self) -> Any:
-        return await (self._gen or self._started()).__anext__()
+    # Not `async def`: handing out the generator's own awaitables costs no extra frame.
 
-    async def asend(self, value: None) -> Any:
-        return await (self._gen or self._started()).asend(value)
+    def __anext__(self) -> Awaitable[Any]:
+        return (self._gen or self._started()).__anext__()
 
-    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        return await (self._gen or self._started()).athrow(typ, val, tb)
+    def asend(self, value: None) -> Awaitable[Any]:
+        return (self._gen or self._started()).asend(value)
 
-    async def aclose(self) -> None:
-        if self._gen is not None:
-            await self._gen.aclose()
+    def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> Awaitable[Any]:
+        return (self._gen or self._started()).athrow(typ, val, tb)
+
+    def aclose(self) -> Awaitable[None]:
+        return (self._gen or _closed_gen()).aclose()
 
     def __del__(self) -> None:
         gen, backend = self._gen, self._backend
@@ -362,6 +359,19 @@ class PipelineIterator(AsyncGenerator[Any, None]):
             return  # never started, or already finished
         with contextlib.suppress(RuntimeError):  # the event loop is gone: nothing to close
             backend.threadsafe_caller()(lambda: backend.spawn_detached(lambda: _close(gen)))
+
+
+cast(Any, AsyncGenerator).register(PipelineIterator)  # an async generator in all but type
+
+
+def _closed_gen() -> AsyncGenerator[Any, None]:
+    """An empty generator, for ``aclose()`` on an iterator that never started."""
+
+    async def nothing() -> AsyncGenerator[Any, None]:
+        return
+        yield  # pragma: no cover - makes this an async generator
+
+    return nothing()
 
 
 async def _close(abandoned: AsyncGenerator[Any, None]) -> None:

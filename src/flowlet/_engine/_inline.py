@@ -35,49 +35,93 @@ PACE_INTERVAL = 0.002
 
 PAUSE: Any = object()
 """Returned by :func:`sync_reader` when a sync chain asks its reader to let the event
-loop run before reading on (see :class:`Watch`)."""
+loop run before reading on (see :class:`Probe`)."""
 
 
 class Pause(Exception):
     """Raised through a :class:`SyncChain` when it has run for a pacing interval."""
 
 
-class Watch:
-    """The bottom of a :class:`SyncChain`: the source, watched.
+class Pacer:
+    """Says when a loop that may never suspend on its own (an async iterator over a sync
+    source, a filter dropping a long run of items) should let the event loop run:
+    about every :data:`PACE_INTERVAL`.
 
-    Two jobs the builtin ``map``/``filter`` above it cannot do:
-
-    * pacing - a filter that drops a long run of items (or a big batch) pulls many
-      source items for one output; every :attr:`EVERY` items the watch checks the
-      clock and, once :data:`PACE_INTERVAL` has passed, raises :class:`Pause` up
-      through the chain. ``map``, ``filter``, ``islice`` and ``itertools.chain`` let an
-      exception through and carry on when called again, so whoever reads the chain
-      catches it, lets the event loop run, and reads on;
-    * StopIteration - a map or filter function raising StopIteration looks like the
-      end of the stream to ``map``; :attr:`ended` tells the real end from that.
+    Reading the clock per item would cost more than a fast stage, so callers count
+    items down from :attr:`countdown` and call :meth:`expired` when it reaches zero.
+    The count adapts to the item rate, aiming at a few clock reads per interval: slow
+    items (a sync function taking milliseconds) are checked one by one, fast ones in
+    runs of up to a thousand.
     """
 
-    __slots__ = ("_countdown", "_deadline", "_next", "ended")
+    __slots__ = ("_checked", "_deadline", "_every", "countdown")
 
-    EVERY = 64
+    def __init__(self) -> None:
+        self._every = self.countdown = 1  # grows fast for fast items
+        self._checked = time.perf_counter()
+        self._deadline = self._checked + PACE_INTERVAL
+
+    def tick(self) -> bool:
+        """Count one item; True when the caller should let the event loop run now."""
+        self.countdown -= 1
+        return not self.countdown and self.expired()
+
+    def expired(self) -> bool:
+        """The countdown reached zero: reload it; True if the interval has passed."""
+        now = time.perf_counter()
+        elapsed, self._checked = now - self._checked, now
+        if elapsed > PACE_INTERVAL / 4 and self._every > 1:
+            self._every //= 2
+        elif elapsed < PACE_INTERVAL / 16 and self._every < 1024:
+            self._every *= 2
+        self.countdown = self._every
+        if now < self._deadline:
+            return False
+        self._deadline = now + PACE_INTERVAL
+        return True
+
+
+class Probe:
+    """The bottom of a :class:`SyncChain`: reads the source in windows, with a look at
+    the clock and at the source's end between two windows.
+
+    The chain reads ``chain.from_iterable([islice(source, n), probe, islice(source, n),
+    probe, ...])``: items flow through C code, and once per window the probe (Python)
+    delivers one item itself. On the way it does two jobs the builtin ``map`` and
+    ``filter`` above cannot:
+
+    * pacing - a filter that drops a long run of items (or a big batch) pulls many
+      source items for one output. Once :data:`PACE_INTERVAL` has passed, the probe
+      raises :class:`Pause` up through the chain; ``chain``, ``map`` and ``filter`` let
+      an exception through and carry on when called again, so whoever reads the chain
+      catches it, lets the event loop run, and reads on. Window sizes adapt (see
+      :class:`Pacer`) so slow stages are looked at item by item;
+    * StopIteration - a map or filter function raising StopIteration looks like the end
+      of the stream to ``map``; :attr:`ended` tells the real end from that.
+    """
+
+    __slots__ = ("_next", "_pacer", "_spent", "ended")
 
     def __init__(self, source: Iterator[Any]) -> None:
         self._next = source.__next__
-        self._countdown = self.EVERY
-        self._deadline = time.perf_counter() + PACE_INTERVAL
+        self._pacer = Pacer()
+        self._spent = True
         self.ended = False
 
-    def __iter__(self) -> Watch:
+    @property
+    def window(self) -> int:
+        return self._pacer.countdown
+
+    def __iter__(self) -> Probe:
+        self._spent = False  # each appearance between two windows delivers one item
         return self
 
     def __next__(self) -> Any:
-        self._countdown -= 1
-        if not self._countdown:
-            self._countdown = self.EVERY
-            now = time.perf_counter()
-            if now >= self._deadline:
-                self._deadline = now + PACE_INTERVAL
-                raise Pause
+        if self._spent:
+            raise StopIteration
+        if self._pacer.expired():
+            raise Pause  # nothing read: the next call reads the item
+        self._spent = True
         try:
             return self._next()
         except StopIteration:
@@ -85,35 +129,10 @@ class Watch:
             raise
 
 
-class Pacer:
-    """Says when a per-item loop that may never suspend on its own (an async iterator
-    over a sync source, a filter dropping a long run of items) should let the event
-    loop run: about every :data:`PACE_INTERVAL`. Callers count items with :meth:`tick`,
-    which reads the clock only every :attr:`EVERY` items."""
-
-    __slots__ = ("_countdown", "_deadline")
-
-    EVERY = 64
-
-    def __init__(self) -> None:
-        self._countdown = self.EVERY
-        self._deadline = time.perf_counter() + PACE_INTERVAL
-
-    def tick(self) -> bool:
-        """Count one item; True when the caller should checkpoint now."""
-        self._countdown -= 1
-        if self._countdown:
-            return False
-        self._countdown = self.EVERY
-        return self.due()
-
-    def due(self) -> bool:
-        """True (and restart the interval) if the interval has passed."""
-        now = time.perf_counter()
-        if now < self._deadline:
-            return False
-        self._deadline = now + PACE_INTERVAL
-        return True
+def _windows(source: Iterator[Any], probe: Probe) -> Iterator[Iterator[Any]]:
+    while not probe.ended:
+        yield islice(source, probe.window)
+        yield probe
 
 
 async def let_loop_run() -> None:
@@ -124,50 +143,56 @@ async def let_loop_run() -> None:
 class SyncChain:
     """Inline sync stages over a sync source, as one lazy iterator (:attr:`iterator`).
 
-    Reading :attr:`iterator` may raise :class:`Pause` (let the event loop run, then
-    read again); when it ends, call :meth:`check_ended`.
+    Built from builtins so that the per-item work runs in C: ``map``/``filter`` per
+    stage, over the source read in windows (see :class:`Probe`). The first item of each stage goes
+    through a checked copy of its function (:func:`checked_first_call`), the rest
+    through the function itself; both read the same upstream lazily, so the chain
+    stays in lockstep.
+
+    Reading :attr:`iterator` may raise :class:`Pause` (let the event loop run, then read
+    again); when it ends, call :meth:`check_ended`.
     """
 
-    __slots__ = ("_source", "_watch", "iterator")
+    __slots__ = ("_iterator", "_probe", "_source", "_stages")
 
     def __init__(self, source: Iterator[Any]) -> None:
         self._source = source
-        self._watch: Watch | None = None
-        self.iterator: Iterator[Any] = source
+        self._stages: list[Stage] = []
+        self._iterator: Iterator[Any] | None = None
+        self._probe: Probe | None = None
 
     def can_take(self, stage: Stage) -> bool:
+        if self._iterator is not None:
+            return False  # already being read
         if stage.kind is Kind.BATCH:
             return True
         return stage.kind in (Kind.MAP, Kind.FILTER) and not stage.awaits
 
     def take(self, stage: Stage) -> None:
-        """Append ``stage`` (which :meth:`can_take`) to the chain.
+        """Append ``stage`` (which :meth:`can_take`) to the chain."""
+        self._stages.append(stage)
 
-        The first item goes through a checked copy of the function (see
-        :func:`checked_first_call`), the rest through the function itself; both read the
-        same upstream lazily, so the chain stays in lockstep.
-        """
-        if self._watch is None:
-            self._watch = Watch(self._source)
-            self.iterator = self._watch
-        upstream = self.iterator
-        if stage.kind is Kind.BATCH:
-            self.iterator = Batches(upstream, stage.size)
-            return
-        assert stage.fn is not None
-        first: Iterator[Any]
-        if stage.kind is Kind.MAP:
-            first = map(checked_first_call(stage), islice(upstream, 1))
-            self.iterator = chain(first, map(stage.fn, upstream))
-        else:
-            first = filter(checked_first_call(stage), islice(upstream, 1))
-            self.iterator = chain(first, filter(stage.fn, upstream))
+    @property
+    def iterator(self) -> Iterator[Any]:
+        """The chain, built at first use."""
+        if self._iterator is None:
+            self._iterator = self._build()
+        return self._iterator
+
+    def _build(self) -> Iterator[Any]:
+        if not self._stages:
+            return self._source
+        self._probe = Probe(self._source)
+        iterator: Iterator[Any] = chain.from_iterable(_windows(self._source, self._probe))
+        for stage in self._stages:
+            iterator = _apply(stage, iterator)
+        return iterator
 
     def check_ended(self) -> None:
         """Call when :attr:`iterator` ended: raise if a stage function raised
         StopIteration (generators and coroutines turn that into RuntimeError, PEP 479;
         the builtin ``map`` does not, and would silently end the stream instead)."""
-        if self._watch is not None and not self._watch.ended:
+        if self._probe is not None and not self._probe.ended:
             raise RuntimeError(
                 "a map or filter function raised StopIteration, which would have silently "
                 "ended the stream early; raise another exception instead"
@@ -178,6 +203,15 @@ class SyncChain:
 
     async def aclose(self) -> None:
         self.close()
+
+
+def _apply(stage: Stage, upstream: Iterator[Any]) -> Iterator[Any]:
+    if stage.kind is Kind.BATCH:
+        return Batches(upstream, stage.size)
+    assert stage.fn is not None
+    if stage.kind is Kind.MAP:
+        return chain(map(checked_first_call(stage), islice(upstream, 1)), map(stage.fn, upstream))
+    return chain(filter(checked_first_call(stage), islice(upstream, 1)), filter(stage.fn, upstream))
 
 
 class Batches:
