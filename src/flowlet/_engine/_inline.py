@@ -281,12 +281,19 @@ def sync_reader(chain: SyncChain) -> Callable[[], Any]:
     """``read()`` for a sync upstream: the next item, :data:`END`, or :data:`PAUSE`
     (let the event loop run, then read again)."""
     iterator = chain.iterator
+    failed = False
 
     def read() -> Any:
+        nonlocal failed
+        if failed:  # the run is failing: other workers must not read a broken source
+            return END
         try:
             item = next(iterator, END)
         except Pause:
             return PAUSE
+        except BaseException:
+            failed = True
+            raise
         if item is END:
             chain.check_ended()
         return item

@@ -153,11 +153,13 @@ class Outbox(_Reading):
             raise
 
     def _unpark(self) -> None:
-        # After a reader took one value: the oldest parked value takes its place.
+        # After a reader took one value: the oldest parked value takes its place, and
+        # is ready for another reader (the next stage may have several waiting).
         if self._parked and len(self._items) < self._capacity:
             parker, item = self._parked.popleft()
             self._items.append(item)
             self._wake(parker)
+            self._readers.wake_one()
 
     async def get(self) -> Any:
         """The next value, or END once the stage completed and every value was taken.
