@@ -357,8 +357,15 @@ class PipelineIterator:
         gen, backend = self._gen, self._backend
         if gen is None or backend is None or getattr(gen, "ag_frame", None) is None:
             return  # never started, or already finished
+
+        def close_soon() -> None:
+            try:
+                backend.spawn_detached(lambda: _close(gen))
+            except RuntimeError:  # the run is shutting down: no new tasks
+                _close_now(gen)
+
         with contextlib.suppress(RuntimeError):  # the event loop is gone: nothing to close
-            backend.threadsafe_caller()(lambda: backend.spawn_detached(lambda: _close(gen)))
+            backend.threadsafe_caller()(close_soon)
 
 
 cast(Any, AsyncGenerator).register(PipelineIterator)  # an async generator in all but type
@@ -372,6 +379,20 @@ def _closed_gen() -> AsyncGenerator[Any, None]:
         yield  # pragma: no cover - makes this an async generator
 
     return nothing()
+
+
+def _close_now(abandoned: AsyncGenerator[Any, None]) -> None:
+    """Close without a task, as the event loop shuts down: run the cleanup until it
+    would wait (a pipeline without workers closes its source without waiting)."""
+    closing = abandoned.aclose().__await__()
+    try:
+        closing.send(None)
+    except StopIteration:
+        return
+    except Exception:
+        logger.exception("flowlet: closing an abandoned pipeline iterator failed")
+        return
+    closing.close()  # it has to wait, and nothing will run it any more
 
 
 async def _close(abandoned: AsyncGenerator[Any, None]) -> None:
