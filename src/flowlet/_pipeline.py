@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeGuard, overload
 from typing_extensions import TypeIs
 
 from . import _stages
-from ._engine import _drive
+from ._engine import _drive, _iterate
 from ._flow import Flow, stages_of
 from ._stages import Stage
 from ._types import Source, T, T_co, U
@@ -255,7 +255,7 @@ class Pipeline(Generic[T_co]):
         body, ``aclose()`` and garbage collection all stop in-flight work and close
         the source promptly; use :meth:`stream` to make that happen deterministically
         at a point you choose."""
-        return _drive.iterate(self._source, self._stages)
+        return _iterate.iterate(self._source, self._stages)
 
     def stream(self) -> AbstractAsyncContextManager[AsyncIterator[T_co]]:
         """``async with pipeline.stream() as items: async for x in items: ...``

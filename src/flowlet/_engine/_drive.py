@@ -15,33 +15,23 @@ the inline chain itself.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from itertools import islice
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import anyio.abc
 
-from .._backend import Backend, current_backend
 from .._stages import Stage
 from ._closing import close_any
-from ._inline import (
-    END,
-    NODE_TYPES,
-    PACE_INTERVAL,
-    Node,
-    Pacer,
-    Passthrough,
-    Pause,
-    SyncChain,
-)
+from ._markers import END
+from ._nodes import NODE_TYPES, Node, Passthrough
 from ._outbox import OrderedOutbox, Outbox
 from ._run import Run
 from ._stage import DecoupledStage
+from ._sync_chain import PACE_INTERVAL, Pacer, Pause, SyncChain
 from ._thread_stage import ThreadPumpStage, runs_in_thread_pump
 
 
@@ -133,7 +123,7 @@ async def _hosted(run: Run, final: Any, decoupled: list[DecoupledStage]) -> Asyn
         else:
             with run.scope:
                 async with anyio.create_task_group() as tg:
-                    _start_workers(tg, decoupled)
+                    start_workers(tg, decoupled)
                     try:
                         yield
                     except BaseException as exc:
@@ -147,7 +137,7 @@ async def _hosted(run: Run, final: Any, decoupled: list[DecoupledStage]) -> Asyn
     run.raise_failure()
 
 
-def _start_workers(tg: anyio.abc.TaskGroup, decoupled: list[DecoupledStage]) -> None:
+def start_workers(tg: anyio.abc.TaskGroup, decoupled: list[DecoupledStage]) -> None:
     for stage in decoupled:
         tg.start_soon(stage.run_workers)
 
@@ -214,13 +204,11 @@ def _getter(final: Any) -> Callable[[], Any]:
     return get
 
 
-logger = logging.getLogger("flowlet")
-
 Cleanup = Callable[[BaseException | None], Awaitable[None]]
 Opened = tuple[Any, Run, "Cleanup | None"]
 
 
-async def _items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, None]:
+async def paced_items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, None]:
     """The items of a run, one by one, letting the event loop run regularly.
 
     ``open_run()`` is called at the first ``__anext__`` and gives the node to read, the
@@ -279,165 +267,6 @@ async def _items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, None]:
             await cleanup(primary)
 
 
-# -- async iteration ---------------------------------------------------------------------
-
-
-def iterate(source: Any, stages: Sequence[Stage]) -> AsyncGenerator[Any, None]:
-    """``async for`` over a pipeline; the run starts at the first ``__anext__``.
-
-    Nothing yields inside a cancel scope: the workers live in a runner task. Leaving
-    the loop by any route ends in the cleanup below, which stops the runner and closes
-    every iterator: at once for exhaustion, errors and ``aclose()``; for a ``break`` or
-    garbage collection, as soon as the event loop runs the close scheduled by
-    :class:`PipelineIterator`.
-    """
-
-    def open_run() -> Opened:
-        run = Run()
-        final, decoupled = build(source, stages, run)
-        runner: Runner | None = None
-        if decoupled:
-            decoupled[-1].outbox.read_outside_run()
-            runner = Runner(run, decoupled)
-            runner.start()
-
-        async def cleanup(primary: BaseException | None) -> None:
-            if runner is not None:
-                await runner.stop()
-            await close_final(final, run, failed=primary is not None or run.failed)
-            if primary is None:
-                run.raise_failure()
-
-        return final, run, cleanup
-
-    return cast("AsyncGenerator[Any, None]", PipelineIterator(open_run))
-
-
-class PipelineIterator:
-    """The async iterator of a pipeline: an async generator in all but type.
-
-    It wraps the run's generator so that abandoning it is clean on every backend: when
-    it is garbage collected half-way (after ``break``), it schedules the generator's
-    ``aclose()`` on the event loop instead of leaving the generator to the collector
-    (trio warns about every async generator collected unfinished; asyncio would finalise
-    it through its own hooks).
-    """
-
-    __slots__ = ("_backend", "_gen", "_open_run")
-
-    def __init__(self, open_run: Callable[[], Opened]) -> None:
-        self._open_run = open_run
-        self._gen: AsyncGenerator[Any, None] | None = None
-        self._backend: Backend | None = None
-
-    def _started(self) -> AsyncGenerator[Any, None]:
-        if self._gen is None:
-            self._backend = current_backend()
-            self._gen = _items(self._open_run)
-        return self._gen
-
-    def __aiter__(self) -> PipelineIterator:
-        return self
-
-    # Not `async def`: handing out the generator's own awaitables costs no extra frame.
-
-    def __anext__(self) -> Awaitable[Any]:
-        return (self._gen or self._started()).__anext__()
-
-    def asend(self, value: None) -> Awaitable[Any]:
-        return (self._gen or self._started()).asend(value)
-
-    def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> Awaitable[Any]:
-        return (self._gen or self._started()).athrow(typ, val, tb)
-
-    def aclose(self) -> Awaitable[None]:
-        return (self._gen or _closed_gen()).aclose()
-
-    def __del__(self) -> None:
-        gen, backend = self._gen, self._backend
-        if gen is None or backend is None or getattr(gen, "ag_frame", None) is None:
-            return  # never started, or already finished
-
-        def close_soon() -> None:
-            try:
-                backend.spawn_detached(lambda: _close(gen))
-            except RuntimeError:  # the run is shutting down: no new tasks
-                _close_now(gen)
-
-        with contextlib.suppress(RuntimeError):  # the event loop is gone: nothing to close
-            backend.threadsafe_caller()(close_soon)
-
-
-cast(Any, AsyncGenerator).register(PipelineIterator)  # an async generator in all but type
-
-
-def _closed_gen() -> AsyncGenerator[Any, None]:
-    """An empty generator, for ``aclose()`` on an iterator that never started."""
-
-    async def nothing() -> AsyncGenerator[Any, None]:
-        return
-        yield  # pragma: no cover - makes this an async generator
-
-    return nothing()
-
-
-def _close_now(abandoned: AsyncGenerator[Any, None]) -> None:
-    """Close without a task, as the event loop shuts down: run the cleanup until it
-    would wait (a pipeline without workers closes its source without waiting)."""
-    closing = abandoned.aclose().__await__()
-    try:
-        closing.send(None)
-    except StopIteration:
-        return
-    except Exception:
-        logger.exception("flowlet: closing an abandoned pipeline iterator failed")
-        return
-    closing.close()  # it has to wait, and nothing will run it any more
-
-
-async def _close(abandoned: AsyncGenerator[Any, None]) -> None:
-    try:
-        await abandoned.aclose()
-    except Exception:
-        # Nobody is left to receive it: report it the way asyncio reports failures of
-        # the async generators it finalises.
-        logger.exception("flowlet: closing an abandoned pipeline iterator failed")
-
-
-class Runner:
-    """Hosts the workers of a detached iteration in a task outside the consumer's scopes."""
-
-    def __init__(self, run: Run, decoupled: list[DecoupledStage]) -> None:
-        self._run = run
-        self._decoupled = decoupled
-        self._done = anyio.Event()
-
-    def start(self) -> None:
-        self._run.backend.spawn_detached(self._host)
-
-    async def _host(self) -> None:
-        run = self._run
-        try:
-            with run.scope:
-                async with anyio.create_task_group() as tg:
-                    _start_workers(tg, self._decoupled)
-        except BaseException as exc:
-            # Workers never raise; what arrives here is a cancellation from outside
-            # (the event loop shutting down), which must be allowed to end the task.
-            if not run.is_cancellation(exc):  # pragma: no cover - defensive
-                run.fail(exc)
-                return
-            raise
-        finally:
-            self._done.set()
-
-    async def stop(self) -> None:
-        """Cancel the workers (if still running) and wait until every close is done."""
-        self._run.scope.cancel()
-        with anyio.CancelScope(shield=True):
-            await self._done.wait()
-
-
 # -- scoped iteration ----------------------------------------------------------------------
 
 
@@ -448,7 +277,7 @@ async def stream(source: Any, stages: Sequence[Stage]) -> AsyncGenerator[AsyncIt
     closes every iterator before ``__aexit__`` returns."""
     run = Run()
     final, decoupled = build(source, stages, run)
-    items = _Scoped(_items(lambda: (final, run, None)))
+    items = _Scoped(paced_items(lambda: (final, run, None)))
     async with _hosted(run, final, decoupled):
         try:
             yield items

@@ -16,11 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .._backend import Parker
-from ._inline import END
+from ._markers import END, SKIP
 from ._run import Run
-
-SKIP: Any = object()
-"""An ordered slot whose input was filtered out."""
 
 
 class Waiters:

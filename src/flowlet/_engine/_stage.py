@@ -21,17 +21,11 @@ import anyio
 
 from .._stages import Kind, Stage
 from ._closing import close_any
-from ._inline import (
-    END,
-    PAUSE,
-    Pacer,
-    SyncChain,
-    open_expansion,
-    reject_awaitable,
-    sync_reader,
-)
-from ._outbox import SKIP, OrderedFlatOutbox, OrderedOutbox, Outbox, Waiters
+from ._markers import END, PAUSE, SKIP
+from ._nodes import open_expansion
+from ._outbox import OrderedFlatOutbox, OrderedOutbox, Outbox, Waiters
 from ._run import Run
+from ._sync_chain import Pacer, SyncChain, reject_awaitable, sync_reader
 
 Reader = Callable[[], Awaitable[Any]]
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from .._offload import ThreadCall
 from .._stages import Kind, Stage
-from ._inline import END, PAUSE
+from ._markers import END, PAUSE
 from ._outbox import Outbox, Waiters
 from ._run import Run
 from ._stage import DecoupledStage
