@@ -86,6 +86,7 @@ def test_top_level_exports_the_documented_api() -> None:
     assert set(flowlet.__all__) == {
         "pipe",
         "Pipeline",
+        "ProcessCallError",
         "Flow",
         "op",
         "functional",

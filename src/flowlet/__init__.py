@@ -10,6 +10,7 @@ from __future__ import annotations
 from . import functional as functional
 from . import op as op
 from ._flow import Flow as Flow
+from ._offload import ProcessCallError as ProcessCallError
 from ._offload import in_process as in_process
 from ._offload import in_thread as in_thread
 from ._offload import thread_local as thread_local
@@ -21,6 +22,7 @@ __version__ = "0.4.0.dev0"
 __all__ = [
     "Flow",
     "Pipeline",
+    "ProcessCallError",
     "functional",
     "in_process",
     "in_thread",

@@ -7,6 +7,7 @@ import contextvars
 import functools
 import pickle
 import threading
+import traceback
 import types
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -97,6 +98,57 @@ def in_thread(
     return ThreadCall(fn, executor)
 
 
+class ProcessCallError(Exception):
+    """A function run by :func:`in_process` raised an exception that cannot travel back
+    from the worker process as itself (it cannot be pickled, or not rebuilt).
+
+    Carries what it can as text: :attr:`type_name` (``module.QualName``), :attr:`message`
+    (``str()`` of the exception) and :attr:`remote_traceback` (formatted in the worker).
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str) -> None:
+        super().__init__(type_name, message, remote_traceback)  # args rebuild it on unpickle
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        return (
+            f"{self.type_name}: {self.message} (raised in a worker process; it cannot be pickled)"
+        )
+
+
+def _call_in_worker(fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+    """Runs in the worker process: an exception that would not survive the trip back
+    (and could break the whole pool) is replaced by a :class:`ProcessCallError`."""
+    try:
+        return fn(*args, **kwargs)
+    except BaseException as exc:
+        if _survives_pickling(exc):
+            raise
+        error = ProcessCallError(
+            f"{type(exc).__module__}.{type(exc).__qualname__}",
+            _safe_str(exc),
+            traceback.format_exc(),
+        )
+    raise error
+
+
+def _survives_pickling(exc: BaseException) -> bool:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return False
+    return True
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not hide the original failure
+        return f"<{type(exc).__name__} with an unprintable message>"
+
+
 class ProcessCall(Generic[P, R]):
     """An async callable that runs a function in a process pool; made by :func:`in_process`."""
 
@@ -110,7 +162,7 @@ class ProcessCall(Generic[P, R]):
         self.executor = executor
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return await _wait(self.executor.submit(self.fn, *args, **kwargs))
+        return await _wait(self.executor.submit(_call_in_worker, self.fn, args, kwargs))
 
     def __repr__(self) -> str:
         return f"in_process({describe(self.fn)})"
@@ -217,7 +269,8 @@ def thread_local(factory: Callable[[], Any], /) -> ThreadLocal[Any]:
     """Make one resource per thread, lazily: ``client = thread_local(make_client)``.
 
     ``factory`` is a plain function returning the resource, or a generator function
-    that yields it once; then the code after the ``yield`` runs when the resource is
+    that yields it once. The generator is closed (not resumed: put the cleanup in a
+    ``finally`` block, or a ``with`` block around the ``yield``) when the resource is
     closed: by ``.close()`` in that thread, or when the thread exits (for example when
     a ``ThreadPoolExecutor`` you own shuts down).
 
