@@ -18,13 +18,16 @@ class Run:
     when nothing else failed.
     """
 
-    __slots__ = ("_scope", "backend", "close_error", "error")
+    __slots__ = ("_scope", "backend", "close_error", "error", "stopping")
 
     def __init__(self) -> None:
         self.backend: Backend = current_backend()
         self._scope: anyio.CancelScope | None = None
         self.error: BaseException | None = None
         self.close_error: BaseException | None = None
+        self.stopping = False
+        """Set once something failed: workers read no further input (a worker that never
+        suspends would not see the cancellation until it did)."""
 
     @property
     def scope(self) -> anyio.CancelScope:
@@ -38,11 +41,14 @@ class Run:
         """Record ``exc`` unless something failed first, and stop the run."""
         if self.error is None:
             self.error = exc
+        self.stopping = True
         self.scope.cancel()
 
     def fail_close(self, exc: BaseException) -> None:
-        """A close failed while nothing else had: report it, and stop the run."""
+        """A close failed while nothing else had: report it (below any read or stage
+        failure that follows), and stop the run."""
         self.close_failed(exc)
+        self.stopping = True
         self.scope.cancel()
 
     def close_failed(self, exc: BaseException) -> None:

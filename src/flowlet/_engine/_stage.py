@@ -97,7 +97,8 @@ class DecoupledStage:
                 raise
             self.run.fail(exc)
         else:
-            self._finished_workers += 1
+            if not self.run.stopping:  # stopped early, the stage did not complete
+                self._finished_workers += 1
 
     def _call_sync(self, item: Any) -> Any:
         result = self.stage.fn(item)  # type: ignore[misc]
@@ -118,7 +119,8 @@ class DecoupledStage:
         outbox: Outbox = self.outbox  # type: ignore[assignment]
         put_nowait = outbox.put_nowait
         is_filter, drops, checkpoint = self.stage.kind is Kind.FILTER, Pacer(), self._checkpoint
-        while True:
+        run = self.run
+        while not run.stopping:
             item = sync_next() if sync_next is not None else await read()
             if item is END:
                 return
@@ -140,7 +142,7 @@ class DecoupledStage:
     async def _flat_loop(self) -> None:
         read, call, pace = self._read, self._call, Pacer()
         outbox: Outbox = self.outbox  # type: ignore[assignment]
-        while True:
+        while not self.run.stopping:
             if pace.tick():  # empty expansions never wait on the outbox
                 await self._checkpoint()
             item = await read()
@@ -160,6 +162,8 @@ class DecoupledStage:
     # -- input order -----------------------------------------------------------------
 
     async def _ordered_read(self, outbox: OrderedOutbox) -> tuple[int, Any]:
+        if self.run.stopping:
+            return -1, END
         await outbox.reserve()
         try:
             item = await self._read()
@@ -204,8 +208,9 @@ class DecoupledStage:
 class _owned:
     """Close an expansion exactly once when the block exits, shielded from cancellation.
 
-    A failure to close is raised when the block succeeded; after a failure it is only
-    recorded, so it never replaces the error that stopped the block.
+    A failure to close stops the run when the block succeeded; after a failure it is
+    only recorded. Either way it is kept apart from read and stage failures, which it
+    never replaces.
     """
 
     __slots__ = ("_iterator", "_run")
@@ -223,8 +228,9 @@ class _owned:
                 await close_any(self._iterator)
             except BaseException as close_exc:
                 if exc is None:
-                    raise
-                self._run.close_failed(close_exc)
+                    self._run.fail_close(close_exc)  # stops the run; ranks below errors
+                else:
+                    self._run.close_failed(close_exc)
 
 
 def make_reader(upstream: Any, run: Run) -> Reader:
@@ -240,9 +246,11 @@ def _sync_read(read: Callable[[], Any], run: Run) -> Reader:
     checkpoint = run.backend.checkpoint
 
     async def sync_read() -> Any:
-        while (item := read()) is PAUSE:
+        while not run.stopping:
+            if (item := read()) is not PAUSE:
+                return item
             await checkpoint()
-        return item
+        return END
 
     return sync_read
 
@@ -250,12 +258,13 @@ def _sync_read(read: Callable[[], Any], run: Run) -> Reader:
 class _LockedReader:
     """Serialises reads of an async iterator: ``__anext__`` must not run twice at once."""
 
-    __slots__ = ("_anext", "_ended", "_reading", "_waiters")
+    __slots__ = ("_anext", "_ended", "_reading", "_run", "_waiters")
 
     def __init__(self, upstream: Any, run: Run) -> None:
         self._anext = upstream.__anext__
         self._ended = False
         self._reading = False
+        self._run = run
         self._waiters = Waiters(run)
 
     async def read(self) -> Any:
@@ -263,7 +272,7 @@ class _LockedReader:
             await self._waiters.wait()
         self._reading = True
         try:
-            if self._ended:
+            if self._ended or self._run.stopping:  # the run failed while this one waited
                 return END
             try:
                 return await self._anext()

@@ -86,7 +86,7 @@ class ThreadPumpStage(DecoupledStage):
         self._call_soon = run.backend.threadsafe_caller()
 
     def _completed(self) -> bool:
-        return self._done
+        return self._done and not self.run.stopping
 
     async def run_workers(self) -> None:
         try:
@@ -120,7 +120,7 @@ class ThreadPumpStage(DecoupledStage):
     async def _feed(self) -> None:
         read, sync_next, limit = self._read, self._sync_next, self._limit
         copy_context = contextvars.copy_context
-        while True:
+        while not self.run.stopping:
             while self._held >= limit:
                 await self._feeder.wait()
             item = sync_next() if sync_next is not None else await read()
