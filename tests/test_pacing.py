@@ -1,0 +1,110 @@
+"""Loops that never suspend on their own still let other tasks run.
+
+A sync source with sync stages is pulled in C code and never awaits; neither does a
+filter that drops a long run of items, a huge batch, or a flat_map of empty expansions.
+flowlet lets the event loop run about every 2 ms in all of them. The tests do not time
+anything: a neighbour task records how far the pipeline had got each time it ran, and
+it must have run while the pipeline was half-way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from flowlet import Pipeline, pipe
+
+N = 300_000
+
+
+class Progress:
+    """Counts the items the pipeline's functions saw; the neighbour samples it."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.seen = 0
+        self.samples: list[int] = []
+
+    def count(self, item: Any) -> Any:
+        self.seen += 1
+        return item
+
+    def ran_half_way(self) -> bool:
+        return any(0 < sample < self.total for sample in self.samples)
+
+
+async def run_beside_a_neighbour(progress: Progress, consume: Callable[[], Awaitable[Any]]) -> None:
+    async def neighbour() -> None:
+        while True:
+            progress.samples.append(progress.seen)
+            await anyio.lowlevel.checkpoint()
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(neighbour)
+            await anyio.lowlevel.checkpoint()  # the neighbour is running
+            progress.samples.clear()
+            await consume()
+            tg.cancel_scope.cancel()
+
+
+async def drain_by_async_for(pipeline: Pipeline[Any]) -> None:
+    async for _ in pipeline:
+        pass
+
+
+PIPELINES: dict[str, Callable[[Progress], Pipeline[Any]]] = {
+    "sync maps": lambda p: pipe(range(N)).map(p.count).map(abs),
+    "filter dropping everything": lambda p: pipe(range(N)).map(p.count).filter(lambda x: x < 0),
+    "one huge batch": lambda p: pipe(range(N)).map(p.count).batch(N),
+    "empty expansions": lambda p: pipe(range(N // 10)).map(p.count).flat_map(lambda x: ()),
+    "async filter dropping everything": lambda p: (
+        pipe(range(N // 10)).map(p.count).filter(_never, concurrency=4)
+    ),
+}
+
+
+async def _never(item: int) -> bool:
+    return False
+
+
+@pytest.mark.parametrize("consumer", ["collect", "async for", "drain"])
+@pytest.mark.parametrize("name", list(PIPELINES))
+async def test_a_long_run_that_never_suspends_lets_other_tasks_run(
+    name: str, consumer: str
+) -> None:
+    total = N // 10 if name in ("empty expansions", "async filter dropping everything") else N
+    progress = Progress(total)
+    pipeline = PIPELINES[name](progress)
+    consume: dict[str, Callable[[], Awaitable[Any]]] = {
+        "collect": pipeline.collect,
+        "async for": lambda: drain_by_async_for(pipeline),
+        "drain": pipeline.drain,
+    }
+    await run_beside_a_neighbour(progress, consume[consumer])
+    assert progress.seen == total
+    assert progress.ran_half_way(), "the neighbour never ran while the pipeline was running"
+
+
+def slow_sync(item: int) -> int:
+    time.sleep(0.003)  # longer than the pacing interval: every item should be followed by a turn
+    return item
+
+
+@pytest.mark.parametrize("consumer", ["collect", "async for"])
+async def test_a_slow_sync_function_is_paced_item_by_item(consumer: str) -> None:
+    progress = Progress(6)
+    pipeline = pipe(range(6)).map(progress.count).map(slow_sync)
+
+    async def consume() -> Any:
+        if consumer == "collect":
+            return await pipeline.collect()
+        return await drain_by_async_for(pipeline)
+
+    await run_beside_a_neighbour(progress, consume)
+    # The neighbour ran between items, not only at the start and the end.
+    assert len({s for s in progress.samples if 0 < s < 6}) >= 3
