@@ -47,6 +47,9 @@ def iterate(source: Any, stages: Sequence[Stage]) -> AsyncGenerator[Any, None]:
 
         return final, run, cleanup
 
+    # Not the run's generator itself, even on asyncio (which would finalise it without
+    # a warning): a failing close of an abandoned iterator would then surface as "Task
+    # exception was never retrieved" instead of a report that says what happened.
     return cast("AsyncGenerator[Any, None]", PipelineIterator(open_run))
 
 

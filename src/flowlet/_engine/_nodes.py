@@ -17,12 +17,12 @@ from itertools import islice
 from typing import Any
 
 from .._stages import Kind, Stage
-from ._closing import close_all, close_any
+from ._closing import close_all, close_any, close_sync
 from ._markers import END, PAUSE, SKIP
 from ._sync_chain import (
     Pacer,
-    Pause,
     SyncChain,
+    apply_sync_stage,
     checked_first_call,
     let_loop_run,
     reject_awaitable,
@@ -248,20 +248,25 @@ class AsyncBatch(Node):
 
 class AsyncFlatMap(Node):
     """Streams each expansion lazily; closes each one exactly once, when it is
-    exhausted or when the node is closed. Absorbed steps run inside sync expansions
-    as a :class:`SyncChain` (builtin map/filter), costing no extra call per item."""
+    exhausted or when the node is closed.
 
-    __slots__ = ("_chain", "_expansion", "_expansion_is_async", "_source", "_stage")
+    Absorbed steps run inside sync expansions as builtin ``map``/``filter`` (the first
+    expansion through checked copies, see :func:`checked_first_call`). A bulk consumer
+    over a sync upstream with a sync function gets whole runs of expansions in one call
+    (:meth:`next_chunk`): the per-expansion work is then a few calls, not coroutines.
+    """
 
-    CHUNK = 1024  # items a bulk consumer takes from a sync expansion at once
+    __slots__ = ("_checked", "_expansion", "_expansion_is_async", "_source", "_stage")
+
+    CHUNK = 1024  # items a bulk consumer takes at once
 
     def __init__(self, upstream: Any, stage: Stage) -> None:
         super().__init__(upstream)
         self._stage = stage
         self._source: Any = None  # the expansion: what we close
-        self._chain: SyncChain | None = None  # the absorbed steps over a sync expansion
-        self._expansion: Any = None  # what we read: the source, or the chain over it
+        self._expansion: Any = None  # what we read: the source, or steps over it
         self._expansion_is_async = False
+        self._checked = False  # have the absorbed steps had their first-call check?
 
     async def __anext__(self) -> Any:
         while True:
@@ -270,7 +275,8 @@ class AsyncFlatMap(Node):
                 item = await self._read()
                 if item is END:
                     raise StopAsyncIteration
-                await self._expand(item)
+                result = self._stage.fn(item)  # type: ignore[misc]
+                self._start(await result if self._stage.awaits else result)
             elif self._expansion_is_async:
                 post = self._post
                 try:
@@ -280,67 +286,81 @@ class AsyncFlatMap(Node):
                             return item
                         await self._dropped()
                 except StopAsyncIteration:
-                    await self._finish_expansion()
+                    source, self._expansion, self._source = self._source, None, None
+                    await close_any(source)  # cleared first: a failing close is not retried
             else:
-                try:
-                    item = next(expansion, END)
-                except Pause:
-                    await let_loop_run()
-                    continue
+                item = next(expansion, END)
                 if item is not END:
                     return item
-                await self._finish_expansion()
+                self._finish_sync()
+                await self._dropped()  # a run of empty expansions returns nothing
 
     async def next_chunk(self) -> list[Any]:
-        # Bulk path for terminals: a sync expansion is taken a chunk at a time, in C.
-        while True:
-            expansion = self._expansion
-            if expansion is None:
-                item = await self._read()
-                if item is END:
-                    return []
-                await self._expand(item)
-                continue
-            if self._expansion_is_async:
-                return await super().next_chunk()
-            chunk: list[Any] = []
-            try:
-                chunk.extend(islice(expansion, self.CHUNK))
-            except Pause:
+        if self._next_sync is None or self._stage.awaits or self._expansion_is_async:
+            return await super().next_chunk()
+        # All sync: take whole expansions, and run through many of them, per call.
+        read, fn, limit, pacer = self._next_sync, self._stage.fn, self.CHUNK, self._drops
+        chunk: list[Any] = []
+        while len(chunk) < limit:
+            if self._expansion is not None:
+                chunk.extend(islice(self._expansion, limit - len(chunk)))
+                if len(chunk) >= limit:
+                    break  # the expansion may go on
+                self._finish_sync()
+            if pacer.tick():
                 if chunk:
-                    return chunk
+                    break
+                await let_loop_run()
+            item = read()
+            if item is END:
+                break
+            if item is PAUSE:
+                if chunk:
+                    break
                 await let_loop_run()
                 continue
-            if chunk:
-                return chunk
-            await self._finish_expansion()
+            if self._start(fn(item)):  # type: ignore[misc]
+                break  # an async expansion: the general path takes it
+        if chunk or self._expansion is None:
+            return chunk  # [] only at the end
+        return await self.next_chunk()  # an async expansion began: the general path
 
-    async def _expand(self, item: Any) -> None:
-        result = self._stage.fn(item)  # type: ignore[misc]
-        if self._stage.awaits:
-            result = await result
+    def _start(self, result: Any) -> bool:
+        """Open the expansion of ``result``; True if it is async."""
         source, is_async = open_expansion(result, self._stage)
         self._source = self._expansion = source
         self._expansion_is_async = is_async
-        if not is_async and self._post_stages:
-            self._chain = SyncChain(source)
-            for stage in self._post_stages:
-                self._chain.take(stage)
-            self._expansion = self._chain.iterator
+        if is_async or not self._post_stages:
+            return is_async
+        for stage in self._post_stages:
+            if not self._checked:
+                self._expansion = apply_sync_stage(stage, self._expansion)
+                continue
+            fn: Callable[[Any], Any] = stage.fn  # type: ignore[assignment]
+            apply = map if stage.kind is Kind.MAP else filter
+            self._expansion = apply(fn, self._expansion)
+        self._checked = True
+        return False
 
-    async def _finish_expansion(self) -> None:
-        chain, source = self._chain, self._source
-        # Cleared first: a failing close is not retried by aclose().
-        self._expansion = self._source = self._chain = None
+    def _finish_sync(self) -> None:
+        """A sync expansion ended: close it (once), and make sure it really ended."""
+        expansion, source = self._expansion, self._source
+        self._expansion = self._source = None  # cleared first: a failing close is not retried
         try:
-            if chain is not None:
-                chain.check_ended()
+            # A step raising StopIteration inside map/filter ends the expansion early:
+            # the expansion then still has items. (One that does so on the very last
+            # item cannot be told from the end; the probe of a SyncChain could, but
+            # costs more than an expansion of a few items is worth.)
+            if expansion is not source and next(source, END) is not END:
+                raise RuntimeError(
+                    f"a step after {self._stage.describe()} raised StopIteration, which "
+                    "would have silently cut its expansion short"
+                )
         finally:
-            await close_any(source)
-        await self._dropped()  # a run of empty expansions returns nothing: pace it
+            close_sync(source)
 
     async def aclose(self) -> None:
-        source, self._expansion, self._source, self._chain = self._source, None, None, None
+        source, self._expansion, self._source = self._source, None, None
         await close_all(x for x in (source, self._up) if x is not None)
 
 

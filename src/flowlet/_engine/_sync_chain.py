@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from itertools import chain, islice
 from typing import Any, NoReturn
 
@@ -172,8 +173,12 @@ class SyncChain:
         self._probe = Probe(self._source)
         iterator: Iterator[Any] = chain.from_iterable(_windows(self._source, self._probe))
         for stage in self._stages:
-            iterator = _apply(stage, iterator)
+            iterator = apply_sync_stage(stage, iterator)
         return iterator
+
+    @property
+    def has_stages(self) -> bool:
+        return bool(self._stages)
 
     def check_ended(self) -> None:
         """Call when :attr:`iterator` ended: raise if a stage function raised
@@ -192,7 +197,8 @@ class SyncChain:
         self.close()
 
 
-def _apply(stage: Stage, upstream: Iterator[Any]) -> Iterator[Any]:
+def apply_sync_stage(stage: Stage, upstream: Iterator[Any]) -> Iterator[Any]:
+    """``stage`` over ``upstream`` as builtins, its function checked at the first item."""
     if stage.kind is Kind.BATCH:
         return Batches(upstream, stage.size)
     assert stage.fn is not None
@@ -268,19 +274,14 @@ def sync_reader(chain: SyncChain) -> Callable[[], Any]:
     """``read()`` for a sync upstream: the next item, :data:`END`, or :data:`PAUSE`
     (let the event loop run, then read again)."""
     iterator = chain.iterator
-    failed = False
+    if not chain.has_stages:
+        return partial(next, iterator, END)  # the bare source: no pauses, nothing to check
 
     def read() -> Any:
-        nonlocal failed
-        if failed:  # the run is failing: other workers must not read a broken source
-            return END
         try:
             item = next(iterator, END)
         except Pause:
             return PAUSE
-        except BaseException:
-            failed = True
-            raise
         if item is END:
             chain.check_ended()
         return item
