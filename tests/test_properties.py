@@ -60,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import inspect
 import operator
 import os
 import threading
@@ -813,12 +814,20 @@ async def leave_early(case: Case, p: Pipeline[Any], got: list[Any], ledger: Ledg
             if len(got) == case.take:
                 break
             got.append(item)
-        # The event loop closes the dropped iterator soon; wait until its generator (a
-        # private attribute, for want of a public sign) has finished.
-        generator = getattr(iterator, "_gen", None)
-        finished = weakref.ref(generator) if generator is not None else (lambda: None)
-        del iterator, generator, p
-        await _settle(lambda: getattr(finished(), "ag_frame", None) is None)
+        # The event loop closes the dropped iterator soon; wait until that is done.
+        if inspect.isasyncgen(iterator):
+            # asyncio: the iterator is the run's generator, which asyncio's finaliser
+            # hook closes in a task of its own (weak references die at once).
+            del iterator, p
+            await anyio.sleep(0)  # the hook schedules the task's creation: let it happen
+            await _settle(lambda: not _asyncio_closing_generators())
+        else:
+            # trio: a wrapper holds the generator (a private attribute, for want of a
+            # public sign) and schedules its close.
+            generator = getattr(iterator, "_gen", None)
+            finished = weakref.ref(generator) if generator is not None else (lambda: None)
+            del iterator, generator, p
+            await _settle(lambda: getattr(finished(), "ag_frame", None) is None)
     else:
         with anyio.CancelScope() as scope:
             ledger.cancel_scope = scope
@@ -857,6 +866,14 @@ async def run_case(case: Case, *, early_exit: bool = False) -> Outcome:
     outcome.in_flight = ledger.in_flight_outside_threads()
     outcome.agens_open = ledger.agen_started - ledger.agen_finished
     return outcome
+
+
+def _asyncio_closing_generators() -> bool:
+    import asyncio
+
+    return any(
+        type(task.get_coro()).__name__ == "async_generator_athrow" for task in asyncio.all_tasks()
+    )
 
 
 async def _settle(done: Callable[[], bool]) -> None:

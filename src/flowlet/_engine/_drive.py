@@ -27,7 +27,7 @@ import anyio.abc
 from .._stages import Stage
 from ._closing import close_any
 from ._markers import END
-from ._nodes import NODE_TYPES, Node, Passthrough
+from ._nodes import NODE_TYPES, AsyncFlatMap, Node, Passthrough
 from ._outbox import OrderedOutbox, Outbox
 from ._run import Run
 from ._stage import DecoupledStage
@@ -245,6 +245,17 @@ async def paced_items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, Non
                     if pacer.expired():
                         await checkpoint()
                     countdown = pacer.countdown
+        elif isinstance(final, AsyncFlatMap):
+            # A run of items at a time (a sync expansion, drained lazily right here),
+            # rather than a coroutine per item.
+            while (run := await final.next_run()) is not END:
+                for item in run:
+                    yield item
+                    countdown -= 1
+                    if not countdown:
+                        if pacer.expired():
+                            await checkpoint()
+                        countdown = pacer.countdown
         else:
             anext = final.__anext__
             while True:

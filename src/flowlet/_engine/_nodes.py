@@ -29,9 +29,13 @@ from ._sync_chain import (
     sync_reader,
 )
 
+_PLAIN_SEQUENCES = frozenset({list, tuple, range, str, bytes, set, frozenset, dict})
+
 
 def open_expansion(result: Any, stage: Stage) -> tuple[Any, bool]:
     """The iterator to stream from a ``flat_map`` result, and whether it is async."""
+    if type(result) in _PLAIN_SEQUENCES:  # the common case, checked cheaply
+        return iter(result), False
     if inspect.isawaitable(result):
         reject_awaitable(result, stage)
     if hasattr(result, "__aiter__"):
@@ -256,7 +260,14 @@ class AsyncFlatMap(Node):
     (:meth:`next_chunk`): the per-expansion work is then a few calls, not coroutines.
     """
 
-    __slots__ = ("_checked", "_expansion", "_expansion_is_async", "_source", "_stage")
+    __slots__ = (
+        "_checked",
+        "_expansion",
+        "_expansion_is_async",
+        "_handed_out",
+        "_source",
+        "_stage",
+    )
 
     CHUNK = 1024  # items a bulk consumer takes at once
 
@@ -267,6 +278,7 @@ class AsyncFlatMap(Node):
         self._expansion: Any = None  # what we read: the source, or steps over it
         self._expansion_is_async = False
         self._checked = False  # have the absorbed steps had their first-call check?
+        self._handed_out = False  # is the open sync expansion being drained by next_run's caller?
 
     async def __anext__(self) -> Any:
         while True:
@@ -324,6 +336,34 @@ class AsyncFlatMap(Node):
         if chunk or self._expansion is None:
             return chunk  # [] only at the end
         return await self.next_chunk()  # an async expansion began: the general path
+
+    async def next_run(self) -> Any:
+        """The next items as a lazy sync iterator, or END: a sync expansion as it is
+        (the caller drains it, item by item, as its consumer asks), or one item of an
+        async expansion. Asking again finishes the previous run."""
+        if self._handed_out:  # the caller drained the sync expansion it was given
+            self._handed_out = False
+            self._finish_sync()
+            if self._drops.tick():  # a run of empty expansions returns nothing: pace it
+                await let_loop_run()
+        read_sync = self._next_sync
+        while self._expansion is None:
+            if read_sync is None:
+                item = await self._read()
+            elif (item := read_sync()) is PAUSE:
+                await let_loop_run()
+                continue
+            if item is END:
+                return END
+            result = self._stage.fn(item)  # type: ignore[misc]
+            self._start(await result if self._stage.awaits else result)
+        if not self._expansion_is_async:
+            self._handed_out = True
+            return self._expansion
+        try:
+            return (await self.__anext__(),)  # an async expansion: one item at a time
+        except StopAsyncIteration:
+            return END
 
     def _start(self, result: Any) -> bool:
         """Open the expansion of ``result``; True if it is async."""
