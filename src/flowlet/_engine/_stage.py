@@ -14,7 +14,7 @@ streaming and closes it the same way.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -54,13 +54,17 @@ class DecoupledStage:
         self._sync_next = sync_reader(upstream) if isinstance(upstream, SyncChain) else None
         self._checkpoint = run.backend.checkpoint
         self._fn: Callable[[Any], Any] = stage.fn if stage.awaits else self._call_sync  # type: ignore[assignment]
-        self._loop = self._pick_loop(ordered)
+        self._worker = self._pick_worker(ordered)
 
-    def _pick_loop(self, ordered: bool) -> Callable[[], Awaitable[None]]:
+    def _pick_worker(self, ordered: bool) -> Callable[[], Coroutine[Any, Any, None]]:
         flat = self.stage.kind is Kind.FLAT_MAP
         if ordered:
-            return self._ordered_flat_loop if flat else self._ordered_loop
-        return self._flat_loop if flat else self._loop_unordered
+            self._loop = self._ordered_flat_loop if flat else self._ordered_loop
+        elif flat:
+            self._loop = self._flat_loop
+        else:
+            return self._map_worker  # the hot path guards itself: one coroutine level less
+        return self._work
 
     async def run_workers(self) -> None:
         """Run the workers to the end, then close the upstream (in the run's task group)."""
@@ -74,7 +78,7 @@ class DecoupledStage:
             self.outbox.finish(completed)
 
     async def _run_tasks(self) -> None:
-        await self.run.backend.run_tasks([self._work] * self.stage.concurrency)
+        await self.run.backend.run_tasks([self._worker] * self.stage.concurrency)
 
     def _completed(self) -> bool:
         """Whether every worker stopped because the upstream ended (not cancelled)."""
@@ -93,12 +97,20 @@ class DecoupledStage:
         try:
             await self._loop()
         except BaseException as exc:
-            if self.run.is_cancellation(exc):
-                raise
-            self.run.fail(exc)
+            self._failed(exc)
         else:
-            if not self.run.stopping:  # stopped early, the stage did not complete
-                self._finished_workers += 1
+            self._finished()
+
+    def _failed(self, exc: BaseException) -> None:
+        """A worker raised: record it (the run stops); cancellations go on up."""
+        if self.run.is_cancellation(exc):
+            raise exc
+        self.run.fail(exc)
+
+    def _finished(self) -> None:
+        """A worker saw the end of its upstream."""
+        if not self.run.stopping:  # stopped early, the stage did not complete
+            self._finished_workers += 1
 
     def _call_sync(self, item: Any) -> Any:
         result = self.stage.fn(item)  # type: ignore[misc]
@@ -112,32 +124,36 @@ class DecoupledStage:
 
     # -- completion order ------------------------------------------------------------
 
-    async def _loop_unordered(self) -> None:
-        # The hot loop of concurrent stages: locals only, no coroutine per item beyond
-        # the stage function's own.
+    async def _map_worker(self) -> None:
+        # The hot loop of concurrent map/filter stages: the task's own coroutine, locals
+        # only, no coroutine per item beyond the stage function's own.
         read, sync_next, fn, awaits = self._read, self._sync_next, self._fn, self.stage.awaits
         outbox: Outbox = self.outbox  # type: ignore[assignment]
         put_nowait = outbox.put_nowait
         is_filter, drops, checkpoint = self.stage.kind is Kind.FILTER, Pacer(), self._checkpoint
         run = self.run
-        while not run.stopping:
-            item = sync_next() if sync_next is not None else await read()
-            if item is END:
-                return
-            if item is PAUSE:
-                await checkpoint()
-                continue
-            result = fn(item)
-            if awaits:
-                result = await result
-            if is_filter:
-                if not result:
-                    if drops.tick():  # dropping a long run never waits on the outbox
-                        await checkpoint()
+        try:
+            while not run.stopping:
+                item = sync_next() if sync_next is not None else await read()
+                if item is END:
+                    self._finished()
+                    return
+                if item is PAUSE:
+                    await checkpoint()
                     continue
-                result = item
-            if not put_nowait(result):
-                await outbox.put(result)
+                result = fn(item)
+                if awaits:
+                    result = await result
+                if is_filter:
+                    if not result:
+                        if drops.tick():  # dropping a long run never waits on the outbox
+                            await checkpoint()
+                        continue
+                    result = item
+                if not put_nowait(result):
+                    await outbox.put(result)
+        except BaseException as exc:
+            self._failed(exc)
 
     async def _flat_loop(self) -> None:
         read, call, pace = self._read, self._call, Pacer()
