@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-peers", action="store_true", help="skip aiostream and pypeln")
     ap.add_argument("--json", help="also write every sample here")
-    ap.add_argument("--reps", type=int, help="samples per cell (default 5..9, quick 3)")
+    ap.add_argument("--reps", type=int, help="samples per cell (default 5..15, quick 3)")
     args = ap.parse_args(argv)
 
     keys = [k.strip().upper() for k in args.only.split(",")] if args.only else [*WORKLOADS, "W7"]
