@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from _concurrency_support import run_ahead, settle
-from flowlet import Pipeline, pipe
+from flowlet import Pipeline, in_thread, pipe
 from support import AsyncTracked, ReadError, StageError, Tracked
 
 N = 10
@@ -323,6 +323,8 @@ async def test_stage_failure_surfaces_from_every_consumer(
         await consume(p, consumer)
     assert info.value is err
     assert type(info.value) is StageError
+    # not chained onto the cancellation that stopped the other tasks
+    assert info.value.__context__ is None
     await settle()
     assert source.closes == 1
 
@@ -335,8 +337,35 @@ async def test_source_failure_surfaces_from_every_consumer(shape: str, consumer:
     with anyio.fail_after(5), pytest.raises(ReadError) as info:
         await consume(p, consumer)
     assert info.value is source.raised
+    assert info.value.__context__ is None
     await settle()
     assert source.closes == 1
+
+
+def raise_while_handling(x: int) -> int:
+    if x == 5:
+        try:
+            raise KeyError(x)
+        except KeyError:
+            raise StageError("item 5 failed")  # noqa: B904 (the implicit context is the point)
+    return x
+
+
+@pytest.mark.parametrize("consumer", CONSUMERS)
+@pytest.mark.parametrize("offload", ["inline", "in_thread"])
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_a_failure_keeps_the_context_it_was_raised_in(
+    shape: str, offload: str, consumer: str
+) -> None:
+    """The exception the consumer sees carries the ``__context__`` it had where it was
+    raised (here the KeyError it was raised while handling), not a cancellation of the
+    run that it caused; a traceback shows what the user's code did and nothing else."""
+    fn = in_thread(raise_while_handling) if offload == "in_thread" else raise_while_handling
+    p = pipe(range(N)).map(fn, **SHAPES[shape])
+    with anyio.fail_after(5), pytest.raises(StageError) as info:
+        await consume(p, consumer)
+    assert type(info.value.__context__) is KeyError
+    assert info.value.__context__.__context__ is None
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
@@ -443,6 +472,7 @@ async def test_base_exception_in_a_stage_propagates_as_itself(
         await consume(p, consumer)
     assert info.value is abort
     assert type(info.value) is Abort
+    assert info.value.__context__ is None
     await settle()
     assert source.closes == 1
 
@@ -463,6 +493,7 @@ async def test_base_exception_from_the_source_propagates_as_itself(
     with anyio.fail_after(5), pytest.raises(Abort) as info:
         await consume(p, consumer)
     assert info.value is abort
+    assert info.value.__context__ is None
 
 
 # -- the consumer's own exception -------------------------------------------------------------

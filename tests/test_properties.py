@@ -63,6 +63,7 @@ import gc
 import inspect
 import operator
 import os
+import sys
 import threading
 import time
 import weakref
@@ -617,14 +618,31 @@ def _read_error(kind: str) -> type[InjectedError]:
 
 def _finalised_by_event_loop() -> bool:
     """Inside an async generator's clean-up: is the event loop's garbage-collection hook
-    running it (nobody closed the generator)?"""
+    running it (nobody closed the generator)?
+
+    On asyncio the hook closes an abandoned generator in a task of its own. That task
+    may also be closing the *pipeline's* generator (on asyncio, ``async for`` hands it
+    out as it is), which then closes this one properly: flowlet's close code is then on
+    the stack, and it does not count."""
     try:
         task = asyncio.current_task()
     except RuntimeError:
         import trio.lowlevel
 
         return trio.lowlevel.current_task().name.endswith("(abandoned)")
-    return task is not None and type(task.get_coro()).__name__ == "async_generator_athrow"
+    if task is None or type(task.get_coro()).__name__ != "async_generator_athrow":
+        return False
+    return not _closing_in_flowlet()
+
+
+def _closing_in_flowlet() -> bool:
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if "flowlet" in code.co_filename and code.co_name in ("close_any", "close_all"):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 def _delays(spec: StageSpec, item: Any) -> int:

@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from .._stages import Stage
 from ._closing import close_any
@@ -134,6 +135,13 @@ async def _hosted(run: Run, final: Any, decoupled: list[DecoupledStage]) -> Asyn
         await close_final(final, run, failed=True)
         raise
     await close_final(final, run, failed=run.failed)
+    if decoupled and run.failed:
+        # On asyncio the workers' cancellation reaches this task by coroutine.throw(), and
+        # an exception leaving a throw() chains itself onto whatever each frame on the
+        # way up is handling: here the consumer's cancellation (the caller's async with
+        # is exiting on it). After one turn of the loop the task is resumed by send(),
+        # and the failure leaves with the context it was raised with.
+        await anyio.lowlevel.cancel_shielded_checkpoint()
     run.raise_failure()
 
 

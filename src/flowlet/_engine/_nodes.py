@@ -172,19 +172,22 @@ class Passthrough(Node):
 
 
 class AsyncMap(Node):
-    __slots__ = ("_awaits", "_fn", "_stage")
+    """An inline ``map`` or ``filter`` stage (async function, or async upstream)."""
+
+    __slots__ = ("_awaits", "_fn", "_is_filter", "_stage")
 
     def __init__(self, upstream: Any, stage: Stage) -> None:
         super().__init__(upstream)
         self._stage = stage
         self._awaits = stage.awaits
+        self._is_filter = stage.kind is Kind.FILTER
         self._fn = stage.fn if stage.awaits else _once_then(checked_first_call(stage), self)
 
     def _use(self, fn: Callable[[Any], Any]) -> None:
         self._fn = fn
 
     async def __anext__(self) -> Any:
-        next_sync, awaits = self._next_sync, self._awaits
+        next_sync, awaits, is_filter = self._next_sync, self._awaits, self._is_filter
         while True:
             if next_sync is None:
                 item = await self._next_async()  # type: ignore[misc]
@@ -196,32 +199,14 @@ class AsyncMap(Node):
             result = self._fn(item)  # type: ignore[misc]
             if awaits:
                 result = await result
+            if is_filter:
+                if not result:
+                    await self._dropped()
+                    continue
+                result = item
             post = self._post
             if post is None or (result := post(result)) is not SKIP:
                 return result
-            await self._dropped()
-
-
-class AsyncFilter(AsyncMap):
-    __slots__ = ()
-
-    async def __anext__(self) -> Any:
-        next_sync, awaits = self._next_sync, self._awaits
-        while True:
-            if next_sync is None:
-                item = await self._next_async()  # type: ignore[misc]
-            elif (item := next_sync()) is END:
-                raise StopAsyncIteration
-            elif item is PAUSE:
-                await let_loop_run()
-                continue
-            keep = self._fn(item)  # type: ignore[misc]
-            if awaits:
-                keep = await keep
-            if keep:
-                post = self._post
-                if post is None or (item := post(item)) is not SKIP:
-                    return item
             await self._dropped()
 
 
@@ -416,7 +401,7 @@ def _once_then(first: Callable[[Any], Any], node: AsyncMap) -> Callable[[Any], A
 
 NODE_TYPES: dict[Kind, Callable[[Any, Stage], Node]] = {
     Kind.MAP: AsyncMap,
-    Kind.FILTER: AsyncFilter,
+    Kind.FILTER: AsyncMap,
     Kind.FLAT_MAP: AsyncFlatMap,
     Kind.BATCH: AsyncBatch,
 }

@@ -71,6 +71,12 @@ class Run:
 
 
 def _reraise(exc: BaseException) -> NoReturn:
-    # Raise outside any except block so the failure does not get an unrelated
-    # __context__ (the cancellation that stopped the other tasks).
-    raise exc
+    # Raising while a cancellation is being handled (by this frame or, through a context
+    # manager's athrow, by a caller) would chain that unrelated cancellation onto the
+    # failure as its __context__: a second traceback in front of the user's. Keep the
+    # context the failure had when it was raised where it happened.
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
