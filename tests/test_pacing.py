@@ -33,6 +33,10 @@ class Progress:
         self.seen += 1
         return item
 
+    def expand_to_nothing(self, item: Any) -> tuple[()]:
+        self.seen += 1
+        return ()
+
     def ran_half_way(self) -> bool:
         return any(0 < sample < self.total for sample in self.samples)
 
@@ -62,6 +66,10 @@ PIPELINES: dict[str, Callable[[Progress], Pipeline[Any]]] = {
     "filter dropping everything": lambda p: pipe(range(N)).map(p.count).filter(lambda x: x < 0),
     "one huge batch": lambda p: pipe(range(N)).map(p.count).batch(N),
     "empty expansions": lambda p: pipe(range(N // 10)).map(p.count).flat_map(lambda x: ()),
+    # the source read as it is (no fused steps in front, so nothing paces the reads)
+    "empty expansions of a bare source": lambda p: pipe(range(N // 10)).flat_map(
+        p.expand_to_nothing
+    ),
     "async filter dropping everything": lambda p: (
         pipe(range(N // 10)).map(p.count).filter(_never, concurrency=4)
     ),
@@ -77,7 +85,7 @@ async def _never(item: int) -> bool:
 async def test_a_long_run_that_never_suspends_lets_other_tasks_run(
     name: str, consumer: str
 ) -> None:
-    total = N // 10 if name in ("empty expansions", "async filter dropping everything") else N
+    total = N if name in ("sync maps", "filter dropping everything", "one huge batch") else N // 10
     progress = Progress(total)
     pipeline = PIPELINES[name](progress)
     consume: dict[str, Callable[[], Awaitable[Any]]] = {

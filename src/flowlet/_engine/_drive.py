@@ -27,7 +27,7 @@ import anyio.lowlevel
 
 from .._stages import Stage
 from ._closing import close_any
-from ._markers import END
+from ._markers import END, PAUSE
 from ._nodes import NODE_TYPES, AsyncFlatMap, Node, Passthrough
 from ._outbox import OrderedOutbox, Outbox
 from ._run import Run
@@ -255,8 +255,18 @@ async def paced_items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, Non
                     countdown = pacer.countdown
         elif isinstance(final, AsyncFlatMap):
             # A run of items at a time (a sync expansion, drained lazily right here),
-            # rather than a coroutine per item.
-            while (run := await final.next_run()) is not END:
+            # rather than a coroutine per item; and, while nothing needs awaiting, no
+            # coroutine per run either.
+            next_sync_run, next_run = final.next_sync_run, final.next_run
+            while True:
+                run = next_sync_run()
+                if run is None:
+                    run = await next_run()
+                if run is END:
+                    break
+                if run is PAUSE:
+                    await checkpoint()
+                    continue
                 for item in run:
                     yield item
                     countdown -= 1
@@ -264,6 +274,11 @@ async def paced_items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, Non
                         if pacer.expired():
                             await checkpoint()
                         countdown = pacer.countdown
+                countdown -= 1  # a run counts too: runs of empty expansions are paced
+                if not countdown:
+                    if pacer.expired():
+                        await checkpoint()
+                    countdown = pacer.countdown
         else:
             anext = final.__anext__
             while True:

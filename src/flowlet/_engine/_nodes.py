@@ -246,12 +246,12 @@ class AsyncFlatMap(Node):
     """
 
     __slots__ = (
-        "_checked",
         "_expansion",
         "_expansion_is_async",
         "_handed_out",
         "_source",
         "_stage",
+        "_steps",
     )
 
     CHUNK = 1024  # items a bulk consumer takes at once
@@ -262,7 +262,9 @@ class AsyncFlatMap(Node):
         self._source: Any = None  # the expansion: what we close
         self._expansion: Any = None  # what we read: the source, or steps over it
         self._expansion_is_async = False
-        self._checked = False  # have the absorbed steps had their first-call check?
+        # the absorbed steps as (map or filter, fn), once the first expansion has had
+        # the first-call checks
+        self._steps: list[tuple[Any, Any]] | None = None
         self._handed_out = False  # is the open sync expansion being drained by next_run's caller?
 
     async def __anext__(self) -> Any:
@@ -322,6 +324,24 @@ class AsyncFlatMap(Node):
             return chunk  # [] only at the end
         return await self.next_chunk()  # an async expansion began: the general path
 
+    def next_sync_run(self) -> Any:
+        """:meth:`next_run` without a coroutine, for the common case where nothing needs
+        awaiting: the next sync expansion, END, PAUSE (let the loop run, then ask
+        again), or None: await :meth:`next_run` instead. The caller paces the runs."""
+        if self._handed_out:
+            self._handed_out = False
+            self._finish_sync()
+        read_sync = self._next_sync
+        if read_sync is None or self._stage.awaits or self._expansion is not None:
+            return None
+        item = read_sync()
+        if item is END or item is PAUSE:
+            return item
+        if self._start(self._stage.fn(item)):  # type: ignore[misc]
+            return None  # an async expansion: next_run takes it
+        self._handed_out = True
+        return self._expansion
+
     async def next_run(self) -> Any:
         """The next items as a lazy sync iterator, or END: a sync expansion as it is
         (the caller drains it, item by item, as its consumer asks), or one item of an
@@ -357,14 +377,16 @@ class AsyncFlatMap(Node):
         self._expansion_is_async = is_async
         if is_async or not self._post_stages:
             return is_async
-        for stage in self._post_stages:
-            if not self._checked:
-                self._expansion = apply_sync_stage(stage, self._expansion)
-                continue
-            fn: Callable[[Any], Any] = stage.fn  # type: ignore[assignment]
-            apply = map if stage.kind is Kind.MAP else filter
-            self._expansion = apply(fn, self._expansion)
-        self._checked = True
+        if self._steps is not None:
+            for apply, fn in self._steps:
+                source = apply(fn, source)
+            self._expansion = source
+            return False
+        for stage in self._post_stages:  # the first sync expansion: checked steps
+            self._expansion = apply_sync_stage(stage, self._expansion)
+        self._steps = [
+            (map if stage.kind is Kind.MAP else filter, stage.fn) for stage in self._post_stages
+        ]
         return False
 
     def _finish_sync(self) -> None:
