@@ -363,6 +363,57 @@ async def test_flat_map_passes_none_items_of_an_expansion_through(mode: str) -> 
     assert result == [None] * 6
 
 
+def _shape_shifting_expansion(x: int) -> Any:
+    """A plain function whose results change kind from item to item: list, empty list,
+    tuple, generator, async generator (so the consumer meets a sync expansion after an
+    async one and the other way round), and a range."""
+
+    async def agen() -> AsyncIterator[int]:
+        for y in (x, -x):
+            await anyio.lowlevel.checkpoint()
+            yield y
+
+    kind = x % 6
+    if kind == 0:
+        return [x, -x]
+    if kind == 1:
+        return []
+    if kind == 2:
+        return (x, -x)
+    if kind == 3:
+        return (y for y in (x, -x))
+    if kind == 4:
+        return agen()
+    return range(x, x + 2)
+
+
+def _shape_shifting_model(x: int) -> list[int]:
+    kind = x % 6
+    return [] if kind == 1 else list(range(x, x + 2)) if kind == 5 else [x, -x]
+
+
+@pytest.mark.parametrize("steps", ["none", "filter-map"])
+@pytest.mark.parametrize("consumer", ["collect", "async_for", "stream"])
+async def test_flat_map_expansions_may_change_kind_from_item_to_item(
+    make_source: Callable[[Iterable[Any]], Any], consumer: str, steps: str
+) -> None:
+    items = list(range(40))
+    p = pipe(make_source(items)).flat_map(_shape_shifting_expansion)
+    expected = [y for x in items for y in _shape_shifting_model(x)]
+    if steps == "filter-map":
+        p = p.filter(lambda y: y % 3 != 0).map(lambda y: y * 10)
+        expected = [y * 10 for y in expected if y % 3 != 0]
+    with anyio.fail_after(5):
+        if consumer == "collect":
+            result = await p.collect()
+        elif consumer == "async_for":
+            result = [y async for y in p]
+        else:
+            async with p.stream() as ys:
+                result = [y async for y in ys]
+    assert result == expected
+
+
 async def test_flat_map_of_strings_expands_into_characters() -> None:
     assert await pipe(["ab", "", "c"]).flat_map(lambda s: s).collect() == ["a", "b", "c"]
 

@@ -337,7 +337,16 @@ class AsyncFlatMap(Node):
         item = read_sync()
         if item is END or item is PAUSE:
             return item
-        if self._start(self._stage.fn(item)):  # type: ignore[misc]
+        result = self._stage.fn(item)  # type: ignore[misc]
+        steps = self._steps
+        if steps is not None and type(result) in _PLAIN_SEQUENCES:
+            # _start's common case, inline: a list or the like, the steps already checked
+            expansion = self._source = iter(result)
+            for apply, fn in steps:
+                expansion = apply(fn, expansion)
+            self._expansion = expansion
+            self._expansion_is_async = False
+        elif self._start(result):
             return None  # an async expansion: next_run takes it
         self._handed_out = True
         return self._expansion
@@ -375,8 +384,11 @@ class AsyncFlatMap(Node):
         source, is_async = open_expansion(result, self._stage)
         self._source = self._expansion = source
         self._expansion_is_async = is_async
-        if is_async or not self._post_stages:
-            return is_async
+        if is_async:
+            return True
+        if not self._post_stages:
+            self._steps = []  # nothing to check: next_sync_run may open expansions itself
+            return False
         if self._steps is not None:
             for apply, fn in self._steps:
                 source = apply(fn, source)
