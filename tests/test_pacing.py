@@ -10,7 +10,7 @@ it must have run while the pipeline was half-way.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -36,6 +36,11 @@ class Progress:
     def expand_to_nothing(self, item: Any) -> tuple[()]:
         self.seen += 1
         return ()
+
+    async def expand_to_nothing_async(self, item: Any) -> AsyncIterator[Any]:
+        self.seen += 1
+        return
+        yield  # an async generator that ends at once, without suspending
 
     def ran_half_way(self) -> bool:
         return any(0 < sample < self.total for sample in self.samples)
@@ -66,6 +71,9 @@ PIPELINES: dict[str, Callable[[Progress], Pipeline[Any]]] = {
     "filter dropping everything": lambda p: pipe(range(N)).map(p.count).filter(lambda x: x < 0),
     "one huge batch": lambda p: pipe(range(N)).map(p.count).batch(N),
     "empty expansions": lambda p: pipe(range(N // 10)).map(p.count).flat_map(lambda x: ()),
+    "empty async expansions that never suspend": lambda p: pipe(range(N // 10)).flat_map(
+        p.expand_to_nothing_async
+    ),
     # the source read as it is (no fused steps in front, so nothing paces the reads)
     "empty expansions of a bare source": lambda p: pipe(range(N // 10)).flat_map(
         p.expand_to_nothing

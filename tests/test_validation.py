@@ -369,6 +369,54 @@ async def test_a_functional_operator_rejects_a_plain_function_returning_a_corout
     assert all(inspect.getcoroutinestate(c) == inspect.CORO_CLOSED for c in fresh_made)
 
 
+async def _async_identity(x: int) -> int:
+    return x
+
+
+def _expand_nothing_first(x: int) -> list[int]:
+    return [] if x == 0 else [x]
+
+
+# A step whose first items never reach it: the check must wait for the first item that
+# does (items dropped in front of it, or expansions that are empty).
+LATE_FIRST_ITEM = {
+    "after a filter dropping the first items, over an async node": lambda p: p.map(
+        _async_identity
+    ).filter(lambda x: x >= 3),
+    "after an empty first expansion": lambda p: p.flat_map(_expand_nothing_first),
+    "after a filter dropping the first expansion": lambda p: p.flat_map(lambda x: [x]).filter(
+        lambda x: x >= 3
+    ),
+    "after an async expansion, then an empty one": lambda p: p.flat_map(
+        lambda x: AsyncTracked([x]) if x == 0 else [] if x == 1 else [x]
+    ),
+}
+
+
+@pytest.mark.parametrize("consumer", ["collect", "async_for"])
+@pytest.mark.parametrize("source_kind", ["sync", "async"])
+@pytest.mark.parametrize("front", list(LATE_FIRST_ITEM))
+async def test_a_step_returning_a_coroutine_is_caught_at_its_own_first_item(
+    front: str, source_kind: str, consumer: str, fresh_made: list[Any]
+) -> None:
+    source = range(10) if source_kind == "sync" else AsyncTracked(range(10))
+    pipeline = LATE_FIRST_ITEM[front](pipe(source)).map(PLAIN_RETURNING_COROUTINE["map"])
+    outputs: list[Any] = []
+
+    async def consume() -> None:
+        if consumer == "collect":
+            outputs.extend(await pipeline.collect())
+        else:
+            async for item in pipeline:
+                outputs.append(item)  # pragma: no cover
+
+    with anyio.fail_after(5), pytest.raises(TypeError, match=r"is not `async def`"):
+        await consume()
+    assert outputs == []
+    assert len(fresh_made) == 1
+    assert inspect.getcoroutinestate(fresh_made[0]) == inspect.CORO_CLOSED
+
+
 @pytest.mark.parametrize("concurrency", [1, 4])
 async def test_for_each_rejects_a_plain_function_returning_a_coroutine(
     concurrency: int, fresh_made: list[Any]

@@ -135,12 +135,13 @@ async def _hosted(run: Run, final: Any, decoupled: list[DecoupledStage]) -> Asyn
         await close_final(final, run, failed=True)
         raise
     await close_final(final, run, failed=run.failed)
-    if decoupled and run.failed:
+    if decoupled and run.failed and run.backend.name == "asyncio":
         # On asyncio the workers' cancellation reaches this task by coroutine.throw(), and
         # an exception leaving a throw() chains itself onto whatever each frame on the
         # way up is handling: here the consumer's cancellation (the caller's async with
         # is exiting on it). After one turn of the loop the task is resumed by send(),
-        # and the failure leaves with the context it was raised with.
+        # and the failure leaves with the context it was raised with. (trio always
+        # resumes tasks by send().)
         await anyio.lowlevel.cancel_shielded_checkpoint()
     run.raise_failure()
 

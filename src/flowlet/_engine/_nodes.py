@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 from .._stages import Kind, Stage
@@ -22,7 +22,6 @@ from ._markers import END, PAUSE, SKIP
 from ._sync_chain import (
     Pacer,
     SyncChain,
-    apply_sync_stage,
     checked_first_call,
     let_loop_run,
     reject_awaitable,
@@ -48,19 +47,55 @@ def open_expansion(result: Any, stage: Stage) -> tuple[Any, bool]:
     )
 
 
-def compile_steps(stages: list[Stage], *, checked: bool) -> Callable[[Any], Any]:
+def compile_steps(stages: list[Stage], unchecked: set[int] | None = None) -> Callable[[Any], Any]:
     """One function applying trailing sync map/filter ``stages`` to an item (or SKIP).
 
     Composed from the last stage back, so a stage costs one call (a map that ends the
-    list costs nothing but its own function). ``checked``: check each function's
-    result for an awaitable (:func:`checked_first_call`), for the first item.
+    list costs nothing but its own function). With ``unchecked`` (indexes into
+    ``stages``), those stages' functions are checked for returning an awaitable
+    (:func:`checked_first_call`), and an index leaves the set once its function has
+    been checked.
     """
     apply: Callable[[Any], Any] | None = None
-    for stage in reversed(stages):
-        fn: Callable[[Any], Any] = checked_first_call(stage) if checked else stage.fn  # type: ignore[assignment]
+    for index in reversed(range(len(stages))):
+        stage = stages[index]
+        fn: Callable[[Any], Any] = stage.fn  # type: ignore[assignment]
+        if unchecked is not None and index in unchecked:
+            fn = checking(stage, index, unchecked)
         apply = _map_step(fn, apply) if stage.kind is Kind.MAP else _filter_step(fn, apply)
     assert apply is not None
     return apply
+
+
+def checking(stage: Stage, index: int, unchecked: set[int]) -> Callable[[Any], Any]:
+    """``stage.fn`` through :func:`checked_first_call`; a call that passes the check
+    removes ``index`` from ``unchecked``.
+
+    A stage's first item is not the pipeline's first: a filter in front may drop items,
+    and an expansion may be empty. So whoever applies the steps keeps the checked copies
+    until every index has left the set, not just for one item.
+    """
+    check = checked_first_call(stage)
+
+    def first_calls(item: Any) -> Any:
+        result = check(item)
+        unchecked.discard(index)
+        return result
+
+    return first_calls
+
+
+def stack_steps(stages: list[Stage], upstream: Any, unchecked: set[int]) -> Any:
+    """``stages`` over the sync iterator ``upstream`` as builtin ``map``/``filter``;
+    the first item each still unchecked stage sees goes through :func:`checking`."""
+    for index, stage in enumerate(stages):
+        apply = map if stage.kind is Kind.MAP else filter
+        if index in unchecked:
+            first = checking(stage, index, unchecked)
+            upstream = chain(apply(first, islice(upstream, 1)), apply(stage.fn, upstream))  # type: ignore[arg-type]
+        else:
+            upstream = apply(stage.fn, upstream)  # type: ignore[arg-type]
+    return upstream
 
 
 def _map_step(fn: Callable[[Any], Any], then: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
@@ -108,14 +143,17 @@ class Node:
 
     def absorb(self, stage: Stage) -> None:
         self._post_stages.append(stage)
-        checked = compile_steps(self._post_stages, checked=True)
-        plain = compile_steps(self._post_stages, checked=False)
+        unchecked = set(range(len(self._post_stages)))
+        checked = compile_steps(self._post_stages, unchecked)
+        plain = compile_steps(self._post_stages)
 
-        def first(item: Any) -> Any:  # checks the first item, then steps aside
-            self._post = plain
-            return checked(item)
+        def first_items(item: Any) -> Any:  # until every step has been checked
+            result = checked(item)
+            if not unchecked:
+                self._post = plain
+            return result
 
-        self._post = first
+        self._post = first_items
 
     async def _dropped(self) -> None:
         """An item was filtered out: the loop goes on without returning; pace it."""
@@ -252,6 +290,7 @@ class AsyncFlatMap(Node):
         "_source",
         "_stage",
         "_steps",
+        "_unchecked",
     )
 
     CHUNK = 1024  # items a bulk consumer takes at once
@@ -262,9 +301,10 @@ class AsyncFlatMap(Node):
         self._source: Any = None  # the expansion: what we close
         self._expansion: Any = None  # what we read: the source, or steps over it
         self._expansion_is_async = False
-        # the absorbed steps as (map or filter, fn), once the first expansion has had
-        # the first-call checks
+        # the absorbed steps as (map or filter, fn), once each has had its first-call
+        # check; until then the indexes of those that have not
         self._steps: list[tuple[Any, Any]] | None = None
+        self._unchecked: set[int] | None = None
         self._handed_out = False  # is the open sync expansion being drained by next_run's caller?
 
     async def __anext__(self) -> Any:
@@ -287,6 +327,7 @@ class AsyncFlatMap(Node):
                 except StopAsyncIteration:
                     source, self._expansion, self._source = self._source, None, None
                     await close_any(source)  # cleared first: a failing close is not retried
+                    await self._dropped()  # empty expansions that never suspend: pace them
             else:
                 item = next(expansion, END)
                 if item is not END:
@@ -386,19 +427,19 @@ class AsyncFlatMap(Node):
         self._expansion_is_async = is_async
         if is_async:
             return True
-        if not self._post_stages:
-            self._steps = []  # nothing to check: next_sync_run may open expansions itself
-            return False
+        if self._unchecked is None:  # the first sync expansion: all steps unchecked
+            self._unchecked = set(range(len(self._post_stages)))
+        if self._steps is None and not self._unchecked:
+            # every step has been checked (or there are none): plain builtins from now
+            # on, and next_sync_run may open expansions itself
+            stages = self._post_stages
+            self._steps = [(map if st.kind is Kind.MAP else filter, st.fn) for st in stages]
         if self._steps is not None:
             for apply, fn in self._steps:
                 source = apply(fn, source)
             self._expansion = source
-            return False
-        for stage in self._post_stages:  # the first sync expansion: checked steps
-            self._expansion = apply_sync_stage(stage, self._expansion)
-        self._steps = [
-            (map if stage.kind is Kind.MAP else filter, stage.fn) for stage in self._post_stages
-        ]
+        else:  # some step has not seen an item yet (empty expansions, dropped items)
+            self._expansion = stack_steps(self._post_stages, source, self._unchecked)
         return False
 
     def _finish_sync(self) -> None:
