@@ -663,11 +663,8 @@ async def test_inline_stage_waits_for_the_source_before_delivering() -> None:
 # -- a buffered stage works ahead of its consumer -------------------------------------------
 
 
-@pytest.mark.parametrize("fn_kind", ["sync", "async"])
-@pytest.mark.parametrize("buffer", [1, 3])
-async def test_buffered_stage_at_concurrency_1_works_ahead_of_its_consumer(
-    fn_kind: str, buffer: int
-) -> None:
+def recording(fn_kind: str) -> tuple[list[int], Callable[[int], Any]]:
+    """An identity function of the given kind, and the list of the items it was called on."""
     calls: list[int] = []
 
     def record(x: int) -> int:
@@ -678,7 +675,15 @@ async def test_buffered_stage_at_concurrency_1_works_ahead_of_its_consumer(
         await anyio.lowlevel.checkpoint()
         return record(x)
 
-    fn = record if fn_kind == "sync" else async_record
+    return calls, record if fn_kind == "sync" else async_record
+
+
+@pytest.mark.parametrize("fn_kind", ["sync", "async"])
+@pytest.mark.parametrize("buffer", [1, 3])
+async def test_buffered_stage_at_concurrency_1_works_ahead_of_its_consumer(
+    fn_kind: str, buffer: int
+) -> None:
+    calls, fn = recording(fn_kind)
     received: list[int] = []
     with anyio.fail_after(5):
         async with pipe(AsyncTracked(range(20))).map(fn, buffer=buffer).stream() as items:
@@ -693,17 +698,7 @@ async def test_buffered_stage_at_concurrency_1_works_ahead_of_its_consumer(
 
 @pytest.mark.parametrize("fn_kind", ["sync", "async"])
 async def test_unbuffered_stage_at_concurrency_1_does_not_work_ahead(fn_kind: str) -> None:
-    calls: list[int] = []
-
-    def record(x: int) -> int:
-        calls.append(x)
-        return x
-
-    async def async_record(x: int) -> int:
-        await anyio.lowlevel.checkpoint()
-        return record(x)
-
-    fn = record if fn_kind == "sync" else async_record
+    calls, fn = recording(fn_kind)
     with anyio.fail_after(5):
         async with pipe(AsyncTracked(range(20))).map(fn).stream() as items:
             async for x in items:

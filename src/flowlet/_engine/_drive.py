@@ -217,6 +217,14 @@ Cleanup = Callable[[BaseException | None], Awaitable[None]]
 Opened = tuple[Any, Run, "Cleanup | None"]
 
 
+async def next_window(pacer: Pacer, checkpoint: Callable[[], Awaitable[None]]) -> int:
+    """A consumer's countdown ran out: give the event loop its turn if the pacing
+    interval has passed, and return the next countdown (see :class:`Pacer`)."""
+    if pacer.expired():
+        await checkpoint()
+    return pacer.countdown
+
+
 async def paced_items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, None]:
     """The items of a run, one by one, letting the event loop run regularly.
 
@@ -238,9 +246,7 @@ async def paced_items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, Non
                         yield item
                         countdown -= 1
                         if not countdown:
-                            if pacer.expired():
-                                await checkpoint()
-                            countdown = pacer.countdown
+                            countdown = await next_window(pacer, checkpoint)
                     break
                 except Pause:  # raised by the chain's Probe: the loop's turn, then read on
                     await checkpoint()
@@ -251,9 +257,7 @@ async def paced_items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, Non
                 yield item
                 countdown -= 1
                 if not countdown:
-                    if pacer.expired():
-                        await checkpoint()
-                    countdown = pacer.countdown
+                    countdown = await next_window(pacer, checkpoint)
         elif isinstance(final, AsyncFlatMap):
             # A run of items at a time (a sync expansion, drained lazily right here),
             # rather than a coroutine per item; and, while nothing needs awaiting, no
@@ -272,14 +276,10 @@ async def paced_items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, Non
                     yield item
                     countdown -= 1
                     if not countdown:
-                        if pacer.expired():
-                            await checkpoint()
-                        countdown = pacer.countdown
+                        countdown = await next_window(pacer, checkpoint)
                 countdown -= 1  # a run counts too: runs of empty expansions are paced
                 if not countdown:
-                    if pacer.expired():
-                        await checkpoint()
-                    countdown = pacer.countdown
+                    countdown = await next_window(pacer, checkpoint)
         else:
             anext = final.__anext__
             while True:
@@ -290,9 +290,7 @@ async def paced_items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, Non
                 yield item
                 countdown -= 1
                 if not countdown:
-                    if pacer.expired():
-                        await checkpoint()
-                    countdown = pacer.countdown
+                    countdown = await next_window(pacer, checkpoint)
     except BaseException as exc:
         if not isinstance(exc, GeneratorExit):
             primary = exc
