@@ -33,9 +33,15 @@ class Backend(Protocol):
 
     name: str
     cancelled: type[BaseException]
+    """The exception the event loop cancels a task with."""
     parker: Callable[[], Parker]
     wake: Callable[[Parker], None]
     checkpoint: Callable[[], Awaitable[None]]
+
+    def is_cancellation(self, exc: BaseException) -> bool:
+        """Whether ``exc``, caught in the running task, is that task being cancelled (as
+        opposed to user code raising a cancellation exception as an ordinary value)."""
+        ...
 
     def spawn_detached(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None: ...
     async def run_tasks(self, fns: list[Callable[[], Coroutine[Any, Any, None]]]) -> None: ...
@@ -56,6 +62,21 @@ class AsyncioBackend:
         self.parker: Callable[[], Parker] = loop.create_future
         self.wake: Callable[[Parker], None] = _wake_future  # type: ignore[assignment]
         self.checkpoint: Callable[[], Awaitable[None]] = _asyncio_checkpoint
+        self._workers: set[asyncio.Task[None]] = set()  # made by run_tasks, still running
+        self._cancelled: set[asyncio.Task[None]] = set()  # ... and cancelled by run_tasks
+
+    def is_cancellation(self, exc: BaseException) -> bool:
+        # A CancelledError is also an exception user code can raise (or let escape from
+        # a future it cancelled itself). Treating that one as the run's cancellation
+        # would stop a stage without a failure and leave its reader waiting for a
+        # cancellation that never comes.
+        if not isinstance(exc, asyncio.CancelledError):
+            return False
+        task = asyncio.current_task(self.loop)
+        if task in self._workers:  # ours: cancelled only by run_tasks, which says so
+            return task in self._cancelled
+        cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+        return cancelling is None or cancelling() > 0
 
     async def run_tasks(self, fns: list[Callable[[], Coroutine[Any, Any, None]]]) -> None:
         """Run a task per function to the end; if cancelled, cancel them and wait.
@@ -66,14 +87,19 @@ class AsyncioBackend:
         the run's task group and cancel scopes) owns their lifetime.
         """
         tasks = [self.loop.create_task(fn()) for fn in fns]
+        self._workers.update(tasks)
         try:
             await asyncio.wait(tasks)
         except BaseException:
+            self._cancelled.update(tasks)
             for task in tasks:
                 task.cancel()
             with anyio.CancelScope(shield=True):
                 await asyncio.wait(tasks)
             raise
+        finally:
+            self._workers.difference_update(tasks)
+            self._cancelled.difference_update(tasks)
 
     def spawn_detached(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         task = self.loop.create_task(fn())
@@ -112,6 +138,11 @@ class TrioBackend:
         self.parker: Callable[[], Parker] = lambda: _TrioParker(trio.lowlevel)
         self.wake: Callable[[Parker], None] = _TrioParker.wake  # type: ignore[assignment]
         self._token = trio.lowlevel.current_trio_token()
+
+    def is_cancellation(self, exc: BaseException) -> bool:
+        # trio.Cancelled cannot be made by user code; asyncio's CancelledError raised
+        # under trio is an ordinary exception.
+        return isinstance(exc, self.cancelled)
 
     async def run_tasks(self, fns: list[Callable[[], Coroutine[Any, Any, None]]]) -> None:
         async with anyio.create_task_group() as tg:

@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 from typing_extensions import ParamSpec
 
 from ._backend import current_backend
+from ._errors import STOPS, awaitable_error, is_awaitable_result, stop_error
 from ._threads import DaemonThreadPool, default_pool
 from ._validate import (
     check_callable,
@@ -42,6 +43,32 @@ async def _wait(future: Future[R]) -> R:
     return await current_backend().wait_future(future)
 
 
+_OFFLOADED_AWAITABLE = (
+    "but {api}() runs a sync function in a worker, where nothing awaits what it returns. "
+    "Pass the async function to the stage itself (`.map(fetch)`): it runs on the event "
+    "loop without blocking it"
+)
+
+
+def checked_call(fn: Callable[..., R], api: str) -> Callable[..., R]:
+    """``fn`` for a worker thread or process: a StopIteration it raises, or an awaitable
+    it returns, becomes an error saying so. (A StopIteration cannot even be set on an
+    asyncio future: it would be lost in the event loop and the caller would wait for
+    ever.)"""
+    what = f"{api}({describe(fn)})"
+
+    def call(*args: Any, **kwargs: Any) -> R:
+        try:
+            result = fn(*args, **kwargs)
+        except STOPS as exc:
+            raise stop_error(exc, what) from exc
+        if is_awaitable_result(result):
+            raise awaitable_error(result, what, _OFFLOADED_AWAITABLE.format(api=api))
+        return result
+
+    return call
+
+
 class ThreadCall(Generic[P, R]):
     """An async callable that runs a blocking function in a worker thread.
 
@@ -56,13 +83,15 @@ class ThreadCall(Generic[P, R]):
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.executor = executor
+        self.checked: Callable[..., R] = checked_call(fn, "in_thread")
+        """``fn`` as it runs in the thread (see :func:`checked_call`)."""
 
     @property
     def pool(self) -> ThreadPoolExecutor | DaemonThreadPool:
         return self.executor if self.executor is not None else default_pool()
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        call = functools.partial(contextvars.copy_context().run, self.fn, *args, **kwargs)
+        call = functools.partial(contextvars.copy_context().run, self.checked, *args, **kwargs)
         return await _wait(self.pool.submit(call))
 
     def __repr__(self) -> str:
@@ -122,7 +151,7 @@ def _call_in_worker(fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[st
     """Runs in the worker process: an exception that would not survive the trip back
     (and could break the whole pool) is replaced by a :class:`ProcessCallError`."""
     try:
-        return fn(*args, **kwargs)
+        return checked_call(fn, "in_process")(*args, **kwargs)
     except BaseException as exc:
         if _survives_pickling(exc):
             raise

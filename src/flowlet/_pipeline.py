@@ -11,7 +11,7 @@ from collections.abc import (
     Iterable,
 )
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Generic, TypeGuard, overload
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeGuard, overload
 
 from typing_extensions import TypeIs
 
@@ -248,7 +248,7 @@ class Pipeline(Generic[T_co]):
     ) -> None:
         """Call ``fn`` (sync or async) on every output, up to ``concurrency`` at once,
         and return when the pipeline is exhausted and every call has finished."""
-        await self.map(fn, concurrency=concurrency).drain()
+        await self._then(_stages.for_each_stage(fn, concurrency)).drain()
 
     def __aiter__(self) -> AsyncGenerator[T_co, None]:  # noqa: PYI058 - has aclose()
         """Iterate with ``async for``. Breaking out of the loop, an exception in its
@@ -264,6 +264,20 @@ class Pipeline(Generic[T_co]):
         route, cancels in-flight calls and closes the source before the block exits.
         """
         return _drive.stream(self._source, self._stages)
+
+    if not TYPE_CHECKING:  # mistakes a type checker reports itself; say what to write
+
+        def __iter__(self) -> NoReturn:
+            raise TypeError(
+                "a Pipeline is iterated asynchronously: write `async for x in pipeline` "
+                "or `await pipeline.collect()`"
+            )
+
+        def __await__(self) -> NoReturn:
+            raise TypeError(
+                "a Pipeline is not awaitable: write `await pipeline.collect()` for its "
+                "items, or `await pipeline.drain()` to run it for its side effects"
+            )
 
     def __repr__(self) -> str:
         steps = "".join(f".{s.describe()}" for s in self._stages)

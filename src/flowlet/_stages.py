@@ -7,6 +7,7 @@ A stage is immutable data. Every front end (``Pipeline``, ``Flow``, ``op``,
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ class Stage:
     size: int = 0
     awaits: bool = False
     expands_async: bool = False
+    label: str | None = None
+    """The operator's name in messages when it is not the kind's (``for_each``)."""
 
     @property
     def decoupled(self) -> bool:
@@ -83,7 +86,7 @@ class Stage:
         if self.kind is Kind.BATCH:
             return f"batch({self.size})"
         name = getattr(self.fn, "__qualname__", None) or repr(self.fn)
-        return f"{self.kind.value}({name})"
+        return f"{self.label or self.kind.value}({name})"
 
 
 def _function_stage(
@@ -112,6 +115,13 @@ def filter_stage(fn: object, concurrency: object, ordered: object, buffer: objec
 
 def flat_map_stage(fn: object, concurrency: object, ordered: object, buffer: object) -> Stage:
     return _function_stage(Kind.FLAT_MAP, fn, concurrency, ordered, buffer)
+
+
+def for_each_stage(fn: object, concurrency: object) -> Stage:
+    """``for_each(fn)``: a map whose results are dropped, named for what it is."""
+    check_callable("for_each() function", fn)
+    stage = map_stage(fn, concurrency, False, None)
+    return dataclasses.replace(stage, label="for_each")
 
 
 def batch_stage(size: object) -> Stage:

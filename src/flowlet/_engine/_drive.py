@@ -25,6 +25,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .._errors import STOPS, stop_error
 from .._stages import Stage
 from ._closing import close_any
 from ._markers import END, PAUSE
@@ -32,7 +33,7 @@ from ._nodes import NODE_TYPES, AsyncFlatMap, Node, Passthrough
 from ._outbox import OrderedOutbox, Outbox
 from ._run import Run
 from ._stage import DecoupledStage
-from ._sync_chain import PACE_INTERVAL, Pacer, Pause, SyncChain
+from ._sync_chain import PACE_INTERVAL, SYNC_CALLS, Pacer, Pause, SyncChain
 from ._thread_stage import ThreadPumpStage, runs_in_thread_pump
 
 
@@ -93,6 +94,7 @@ async def close_final(final: Any, run: Run, failed: bool) -> None:
             with anyio.CancelScope(shield=True):
                 await close_any(final)
     except BaseException as exc:
+        run.own_context(exc)  # closed while unwinding: that is not part of the failure
         if not failed:
             raise
         run.close_failed(exc)
@@ -188,6 +190,8 @@ async def _consume_sync(chain: SyncChain, run: Run, sink: Sink) -> None:
             sink.extend(chunk)
             await checkpoint()
             continue
+        except StopAsyncIteration as exc:
+            raise stop_error(exc, SYNC_CALLS) from exc
         sink.extend(chunk)
         if len(chunk) < size:
             chain.check_ended()
@@ -291,6 +295,13 @@ async def paced_items(open_run: Callable[[], Opened]) -> AsyncGenerator[Any, Non
                 countdown -= 1
                 if not countdown:
                     countdown = await next_window(pacer, checkpoint)
+    except STOPS as exc:
+        # Not an end: every read above that may end says so with END or is caught
+        # where it is made, so this came from user code (a sync stage function, the
+        # source, or a flat_map expansion drained right here).
+        primary = final.user_stop(exc) if isinstance(final, AsyncFlatMap) else None
+        primary = primary or stop_error(exc, SYNC_CALLS)
+        raise primary from exc
     except BaseException as exc:
         if not isinstance(exc, GeneratorExit):
             primary = exc

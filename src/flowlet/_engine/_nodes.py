@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from itertools import chain, islice
 from typing import Any
 
+from .._errors import STOPS, code_of, innermost_code, one_of, stop_error, swallowed_stop_error
 from .._stages import Kind, Stage
 from ._closing import close_all, close_any, close_sync
 from ._markers import END, PAUSE, SKIP
@@ -35,10 +36,10 @@ def open_expansion(result: Any, stage: Stage) -> tuple[Any, bool]:
     """The iterator to stream from a ``flat_map`` result, and whether it is async."""
     if type(result) in _PLAIN_SEQUENCES:  # the common case, checked cheaply
         return iter(result), False
+    if hasattr(result, "__aiter__"):  # before the awaitable check: a Pipeline is both
+        return result.__aiter__(), True
     if inspect.isawaitable(result):
         reject_awaitable(result, stage)
-    if hasattr(result, "__aiter__"):
-        return result.__aiter__(), True
     if hasattr(result, "__iter__"):
         return iter(result), False
     raise TypeError(
@@ -155,6 +156,25 @@ class Node:
 
         self._post = first_items
 
+    def _own_stages(self) -> list[Stage]:
+        return []
+
+    def _user_stop(self, exc: BaseException) -> RuntimeError:
+        """A StopIteration or StopAsyncIteration raised by code this node runs (its
+        function, absorbed steps, a sync expansion or a bare sync source): the error to
+        raise instead of letting it end this node's stream."""
+        stages = self._own_stages() + self._post_stages
+        raised_by = innermost_code(exc)
+        for stage in stages:
+            if raised_by is not None and raised_by is code_of(stage.fn):
+                return stop_error(exc, stage.describe())
+        names = [stage.describe() for stage in stages]
+        if isinstance(self._up, SyncChain) and not self._up.has_stages:
+            names.append("the source")
+        if isinstance(self, AsyncFlatMap):
+            names.append("an expansion")
+        return stop_error(exc, one_of(names))
+
     async def _dropped(self) -> None:
         """An item was filtered out: the loop goes on without returning; pace it."""
         if self._drops.tick():
@@ -165,8 +185,11 @@ class Node:
         if self._ended:
             return END
         if self._next_sync is not None:
-            while (item := self._next_sync()) is PAUSE:
-                await let_loop_run()
+            try:
+                while (item := self._next_sync()) is PAUSE:
+                    await let_loop_run()
+            except StopAsyncIteration as exc:  # from a bare sync source: not our end
+                raise self._user_stop(exc) from exc
             if item is END:
                 self._ended = True
             return item
@@ -194,19 +217,28 @@ class Passthrough(Node):
     __slots__ = ()
 
     async def __anext__(self) -> Any:
+        # User code raising StopIteration or StopAsyncIteration must not end this
+        # stream: the try catches those, and the real end is raised outside it.
         next_sync = self._next_sync
-        while True:
-            if next_sync is None:
-                item = await self._next_async()  # type: ignore[misc]
-            elif (item := next_sync()) is END:
-                raise StopAsyncIteration
-            elif item is PAUSE:
-                await let_loop_run()
-                continue
-            post = self._post
-            if post is None or (item := post(item)) is not SKIP:
-                return item
-            await self._dropped()
+        try:
+            while True:
+                if next_sync is None:
+                    try:
+                        item = await self._next_async()  # type: ignore[misc]
+                    except StopAsyncIteration:
+                        break
+                elif (item := next_sync()) is END:
+                    break
+                elif item is PAUSE:
+                    await let_loop_run()
+                    continue
+                post = self._post
+                if post is None or (item := post(item)) is not SKIP:
+                    return item
+                await self._dropped()
+        except STOPS as exc:
+            raise self._user_stop(exc) from exc
+        raise StopAsyncIteration
 
 
 class AsyncMap(Node):
@@ -224,28 +256,38 @@ class AsyncMap(Node):
     def _use(self, fn: Callable[[Any], Any]) -> None:
         self._fn = fn
 
+    def _own_stages(self) -> list[Stage]:
+        return [self._stage]
+
     async def __anext__(self) -> Any:
         next_sync, awaits, is_filter = self._next_sync, self._awaits, self._is_filter
-        while True:
-            if next_sync is None:
-                item = await self._next_async()  # type: ignore[misc]
-            elif (item := next_sync()) is END:
-                raise StopAsyncIteration
-            elif item is PAUSE:
-                await let_loop_run()
-                continue
-            result = self._fn(item)  # type: ignore[misc]
-            if awaits:
-                result = await result
-            if is_filter:
-                if not result:
-                    await self._dropped()
+        try:  # as in Passthrough: user code's StopIteration is not our end
+            while True:
+                if next_sync is None:
+                    try:
+                        item = await self._next_async()  # type: ignore[misc]
+                    except StopAsyncIteration:
+                        break
+                elif (item := next_sync()) is END:
+                    break
+                elif item is PAUSE:
+                    await let_loop_run()
                     continue
-                result = item
-            post = self._post
-            if post is None or (result := post(result)) is not SKIP:
-                return result
-            await self._dropped()
+                result = self._fn(item)  # type: ignore[misc]
+                if awaits:
+                    result = await result
+                if is_filter:
+                    if not result:
+                        await self._dropped()
+                        continue
+                    result = item
+                post = self._post
+                if post is None or (result := post(result)) is not SKIP:
+                    return result
+                await self._dropped()
+        except STOPS as exc:
+            raise self._user_stop(exc) from exc
+        raise StopAsyncIteration
 
 
 class AsyncBatch(Node):
@@ -268,7 +310,11 @@ class AsyncBatch(Node):
             post = self._post
             if post is None:
                 return batch
-            if (result := post(batch)) is not SKIP:
+            try:
+                result = post(batch)
+            except STOPS as exc:
+                raise self._user_stop(exc) from exc
+            if result is not SKIP:
                 return result
             await self._dropped()
 
@@ -287,6 +333,7 @@ class AsyncFlatMap(Node):
         "_expansion",
         "_expansion_is_async",
         "_handed_out",
+        "_mark",
         "_source",
         "_stage",
         "_steps",
@@ -306,34 +353,43 @@ class AsyncFlatMap(Node):
         self._steps: list[tuple[Any, Any]] | None = None
         self._unchecked: set[int] | None = None
         self._handed_out = False  # is the open sync expansion being drained by next_run's caller?
+        self._mark = _EndMark()
+
+    def _own_stages(self) -> list[Stage]:
+        return [self._stage]
 
     async def __anext__(self) -> Any:
-        while True:
-            expansion = self._expansion
-            if expansion is None:
-                item = await self._read()
-                if item is END:
-                    raise StopAsyncIteration
-                result = self._stage.fn(item)  # type: ignore[misc]
-                self._start(await result if self._stage.awaits else result)
-            elif self._expansion_is_async:
-                post = self._post
-                try:
+        try:  # as in Passthrough: user code's StopIteration is not our end
+            while True:
+                expansion = self._expansion
+                if expansion is None:
+                    item = await self._read()
+                    if item is END:
+                        break
+                    result = self._stage.fn(item)  # type: ignore[misc]
+                    self._start(await result if self._stage.awaits else result)
+                elif self._expansion_is_async:
+                    post = self._post
                     while True:
-                        item = await expansion.__anext__()
+                        try:
+                            item = await expansion.__anext__()
+                        except StopAsyncIteration:
+                            break
                         if post is None or (item := post(item)) is not SKIP:
                             return item
                         await self._dropped()
-                except StopAsyncIteration:
                     source, self._expansion, self._source = self._source, None, None
                     await close_any(source)  # cleared first: a failing close is not retried
                     await self._dropped()  # empty expansions that never suspend: pace them
-            else:
-                item = next(expansion, END)
-                if item is not END:
-                    return item
-                self._finish_sync()
-                await self._dropped()  # a run of empty expansions returns nothing
+                else:
+                    item = next(expansion, END)
+                    if item is not END:
+                        return item
+                    self._finish_sync()
+                    await self._dropped()  # a run of empty expansions returns nothing
+        except STOPS as exc:
+            raise self._user_stop(exc) from exc
+        raise StopAsyncIteration
 
     async def next_chunk(self) -> list[Any]:
         if self._next_sync is None or self._stage.awaits or self._expansion_is_async:
@@ -341,34 +397,51 @@ class AsyncFlatMap(Node):
         # All sync: take whole expansions, and run through many of them, per call.
         read, fn, limit, pacer = self._next_sync, self._stage.fn, self.CHUNK, self._drops
         chunk: list[Any] = []
-        while len(chunk) < limit:
-            if self._expansion is not None:
-                chunk.extend(islice(self._expansion, limit - len(chunk)))
-                if len(chunk) >= limit:
-                    break  # the expansion may go on
-                self._finish_sync()
-            if pacer.tick():
-                if chunk:
+        try:  # in this frame: a StopIteration leaving it would become a RuntimeError
+            while len(chunk) < limit:
+                if self._expansion is not None:
+                    chunk.extend(islice(self._expansion, limit - len(chunk)))
+                    if len(chunk) >= limit:
+                        break  # the expansion may go on
+                    self._finish_sync()
+                if pacer.tick():
+                    if chunk:
+                        break
+                    await let_loop_run()
+                item = read()
+                if item is END:
                     break
-                await let_loop_run()
-            item = read()
-            if item is END:
-                break
-            if item is PAUSE:
-                if chunk:
-                    break
-                await let_loop_run()
-                continue
-            if self._start(fn(item)):  # type: ignore[misc]
-                break  # an async expansion: the general path takes it
+                if item is PAUSE:
+                    if chunk:
+                        break
+                    await let_loop_run()
+                    continue
+                if self._start(fn(item)):  # type: ignore[misc]
+                    break  # an async expansion: the general path takes it
+        except STOPS as exc:
+            raise self._user_stop(exc) from exc
         if chunk or self._expansion is None:
             return chunk  # [] only at the end
-        return await self.next_chunk()  # an async expansion began: the general path
+        return await super().next_chunk()  # an async expansion began: the general path
 
     def next_sync_run(self) -> Any:
         """:meth:`next_run` without a coroutine, for the common case where nothing needs
         awaiting: the next sync expansion, END, PAUSE (let the loop run, then ask
-        again), or None: await :meth:`next_run` instead. The caller paces the runs."""
+        again), or None: await :meth:`next_run` instead. The caller paces the runs.
+
+        A StopIteration or StopAsyncIteration raised while the caller drains a run it
+        was given is the caller's to translate (:meth:`user_stop`)."""
+        try:
+            return self._next_sync_run()
+        except STOPS as exc:
+            raise self._user_stop(exc) from exc
+
+    def user_stop(self, exc: BaseException) -> RuntimeError:
+        """What to raise for a StopIteration or StopAsyncIteration that came out of a
+        run handed out by :meth:`next_sync_run` or :meth:`next_run`."""
+        return self._user_stop(exc)
+
+    def _next_sync_run(self) -> Any:
         if self._handed_out:
             self._handed_out = False
             self._finish_sync()
@@ -383,8 +456,11 @@ class AsyncFlatMap(Node):
         if steps is not None and type(result) in _PLAIN_SEQUENCES:
             # _start's common case, inline: a list or the like, the steps already checked
             expansion = self._source = iter(result)
-            for apply, fn in steps:
-                expansion = apply(fn, expansion)
+            if steps:
+                self._mark.ended = False
+                expansion = chain(expansion, self._mark)
+                for apply, fn in steps:
+                    expansion = apply(fn, expansion)
             self._expansion = expansion
             self._expansion_is_async = False
         elif self._start(result):
@@ -396,22 +472,25 @@ class AsyncFlatMap(Node):
         """The next items as a lazy sync iterator, or END: a sync expansion as it is
         (the caller drains it, item by item, as its consumer asks), or one item of an
         async expansion. Asking again finishes the previous run."""
-        if self._handed_out:  # the caller drained the sync expansion it was given
-            self._handed_out = False
-            self._finish_sync()
-            if self._drops.tick():  # a run of empty expansions returns nothing: pace it
-                await let_loop_run()
-        read_sync = self._next_sync
-        while self._expansion is None:
-            if read_sync is None:
-                item = await self._read()
-            elif (item := read_sync()) is PAUSE:
-                await let_loop_run()
-                continue
-            if item is END:
-                return END
-            result = self._stage.fn(item)  # type: ignore[misc]
-            self._start(await result if self._stage.awaits else result)
+        try:  # in this frame: a StopIteration leaving it would become a RuntimeError
+            if self._handed_out:  # the caller drained the sync expansion it was given
+                self._handed_out = False
+                self._finish_sync()
+                if self._drops.tick():  # a run of empty expansions returns nothing: pace it
+                    await let_loop_run()
+            read_sync = self._next_sync
+            while self._expansion is None:
+                if read_sync is None:
+                    item = await self._read()
+                elif (item := read_sync()) is PAUSE:
+                    await let_loop_run()
+                    continue
+                if item is END:
+                    return END
+                result = self._stage.fn(item)  # type: ignore[misc]
+                self._start(await result if self._stage.awaits else result)
+        except STOPS as exc:
+            raise self._user_stop(exc) from exc
         if not self._expansion_is_async:
             self._handed_out = True
             return self._expansion
@@ -434,12 +513,16 @@ class AsyncFlatMap(Node):
             # on, and next_sync_run may open expansions itself
             stages = self._post_stages
             self._steps = [(map if st.kind is Kind.MAP else filter, st.fn) for st in stages]
+        if not self._post_stages:
+            return False
+        self._mark.ended = False  # sees the real end (see _finish_sync)
+        bottom = chain(source, self._mark)
         if self._steps is not None:
             for apply, fn in self._steps:
-                source = apply(fn, source)
-            self._expansion = source
+                bottom = apply(fn, bottom)
+            self._expansion = bottom
         else:  # some step has not seen an item yet (empty expansions, dropped items)
-            self._expansion = stack_steps(self._post_stages, source, self._unchecked)
+            self._expansion = stack_steps(self._post_stages, bottom, self._unchecked)
         return False
 
     def _finish_sync(self) -> None:
@@ -447,21 +530,37 @@ class AsyncFlatMap(Node):
         expansion, source = self._expansion, self._source
         self._expansion = self._source = None  # cleared first: a failing close is not retried
         try:
-            # A step raising StopIteration inside map/filter ends the expansion early:
-            # the expansion then still has items. (One that does so on the very last
-            # item cannot be told from the end; the probe of a SyncChain could, but
-            # costs more than an expansion of a few items is worth.)
-            if expansion is not source and next(source, END) is not END:
-                raise RuntimeError(
-                    f"a step after {self._stage.describe()} raised StopIteration, which "
-                    "would have silently cut its expansion short"
-                )
+            # A step raising StopIteration inside the builtin map/filter ends the
+            # expansion early, as if it had ended; only the mark chained after the
+            # expansion sees its real end.
+            if expansion is not source and not self._mark.ended:
+                names = [stage.describe() for stage in self._post_stages]
+                effect = f"cut short an expansion of {self._stage.describe()}"
+                raise swallowed_stop_error(names, effect)
         finally:
             close_sync(source)
 
     async def aclose(self) -> None:
         source, self._expansion, self._source = self._source, None, None
         await close_all(x for x in (source, self._up) if x is not None)
+
+
+class _EndMark:
+    """Chained after a sync expansion that absorbed steps read: reached (and so
+    :attr:`ended` set) only when the expansion itself ended, not when a step raised
+    StopIteration, which ends the builtin ``map``/``filter`` above it just the same."""
+
+    __slots__ = ("ended",)
+
+    def __init__(self) -> None:
+        self.ended = False
+
+    def __iter__(self) -> _EndMark:
+        return self
+
+    def __next__(self) -> Any:
+        self.ended = True
+        raise StopIteration
 
 
 def _once_then(first: Callable[[Any], Any], node: AsyncMap) -> Callable[[Any], Any]:

@@ -19,6 +19,9 @@ from .._backend import Parker
 from ._markers import END, SKIP
 from ._run import Run
 
+_CANCELLATION_TURNS = 1000
+"""Loop turns a reader of a stopped stage waits for its own cancellation to arrive."""
+
 
 class Waiters:
     """Tasks parked until something changes; woken one at a time or all at once."""
@@ -88,9 +91,16 @@ class _Reading:
             raise failure
         if self._detached_reader:
             raise RuntimeError("flowlet: the pipeline was stopped before it finished")
-        # A reader inside the run is being cancelled with it: let that arrive.
-        while True:
+        # A reader inside the run is being cancelled with it: let that arrive (at the next
+        # checkpoint on trio; within a few loop turns on asyncio, where anyio delivers
+        # a scope's cancellation task by task). Never spin for ever: a stage that stopped
+        # with nothing failed and nothing cancelled is a bug, and must say so.
+        for _ in range(_CANCELLATION_TURNS):
             await run.backend.checkpoint()
+        raise RuntimeError(
+            "flowlet: a stage stopped without a failure or a cancellation (a bug in "
+            "flowlet: please report it)"
+        )
 
     def __aiter__(self) -> _Reading:
         return self

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import NoReturn, cast
 
 import anyio
 
 from .._backend import Backend, current_backend
+from .._errors import STOPS, stop_error
 
 
 class Run:
@@ -38,7 +39,12 @@ class Run:
         return self._scope
 
     def fail(self, exc: BaseException) -> None:
-        """Record ``exc`` unless something failed first, and stop the run."""
+        """Record ``exc`` unless something failed first, and stop the run.
+
+        A StopIteration or StopAsyncIteration is recorded as a RuntimeError: raised to
+        a reader of the run's output, it would read as the end of the stream."""
+        if isinstance(exc, STOPS):
+            exc = stop_error(exc, "a stage function")
         if self.error is None:
             self.error = exc
         self.stopping = True
@@ -54,20 +60,52 @@ class Run:
     def close_failed(self, exc: BaseException) -> None:
         """Record a failure to close an iterator; it never replaces :attr:`error`."""
         if self.close_error is None:
-            self.close_error = exc
+            self.close_error = self.own_context(exc)
+
+    def own_context(self, exc: BaseException) -> BaseException:
+        """``exc``, raised by a close the engine ran while it was unwinding (a
+        cancellation, a generator's ``GeneratorExit``), without that unwinding as its
+        ``__context__``: it is the engine's business, not part of the failure, and on
+        trio it would print as a group of cancellations in front of it."""
+        link = exc
+        for _ in range(_CONTEXT_DEPTH):
+            context = link.__context__
+            if context is None:
+                break
+            if self._is_unwinding(context):
+                link.__context__ = None
+                break
+            link = context
+        return exc
+
+    def _is_unwinding(self, exc: BaseException) -> bool:
+        if isinstance(exc, (GeneratorExit, self.backend.cancelled)):
+            return True
+        # A (Base)ExceptionGroup, builtin or from the exceptiongroup backport (3.10)
+        inner: object = getattr(exc, "exceptions", None)
+        if not isinstance(inner, tuple) or not inner:
+            return False
+        members = cast("tuple[object, ...]", inner)
+        return all(isinstance(e, BaseException) and self._is_unwinding(e) for e in members)
 
     @property
     def failed(self) -> bool:
         return self.error is not None or self.close_error is not None
 
     def is_cancellation(self, exc: BaseException) -> bool:
-        return isinstance(exc, self.backend.cancelled)
+        """Whether ``exc`` is the running task being cancelled; a cancellation exception
+        raised by user code as a value is a failure like any other."""
+        return self.backend.is_cancellation(exc)
 
     def raise_failure(self) -> None:
         """Raise the recorded failure, if any: a stage or read failure first."""
         failure = self.error or self.close_error
         if failure is not None:
             _reraise(failure)
+
+
+_CONTEXT_DEPTH = 32
+"""How far :meth:`Run.own_context` follows a chain of contexts (chains can be cycles)."""
 
 
 def _reraise(exc: BaseException) -> NoReturn:

@@ -13,12 +13,12 @@ streaming and closes it the same way.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
 
+from .._errors import STOPS, is_awaitable_result, stop_error
 from .._stages import Kind, Stage
 from ._closing import close_any
 from ._markers import END, PAUSE, SKIP
@@ -105,6 +105,9 @@ class DecoupledStage:
         """A worker raised: record it (the run stops); cancellations go on up."""
         if self.run.is_cancellation(exc):
             raise exc
+        if isinstance(exc, STOPS):  # the stage's calls translate their own: a read's
+            whose = "the source" if self.stage.kind is not Kind.FLAT_MAP else "an expansion"
+            exc = stop_error(exc, f"{whose} of {self.stage.describe()}")
         self.run.fail(exc)
 
     def _finished(self) -> None:
@@ -113,14 +116,24 @@ class DecoupledStage:
             self._finished_workers += 1
 
     def _call_sync(self, item: Any) -> Any:
-        result = self.stage.fn(item)  # type: ignore[misc]
-        if inspect.isawaitable(result):
+        try:
+            result = self.stage.fn(item)  # type: ignore[misc]
+        except STOPS as exc:
+            raise stop_error(exc, self.stage.describe()) from exc
+        if is_awaitable_result(result):
             reject_awaitable(result, self.stage)
         return result
 
     async def _call(self, item: Any) -> Any:
+        # A sync function's StopIteration is translated by _call_sync, before it
+        # leaves a coroutine (which would turn it into a RuntimeError naming nothing).
         result = self._fn(item)
-        return await result if self.stage.awaits else result
+        if not self.stage.awaits:
+            return result
+        try:
+            return await result
+        except StopAsyncIteration as exc:  # a coroutine lets this one through as it is
+            raise stop_error(exc, self.stage.describe()) from exc
 
     # -- completion order ------------------------------------------------------------
 
@@ -143,7 +156,10 @@ class DecoupledStage:
                     continue
                 result = fn(item)
                 if awaits:
-                    result = await result
+                    try:
+                        result = await result
+                    except StopAsyncIteration as exc:  # see _call
+                        raise stop_error(exc, self.stage.describe()) from exc
                 if is_filter:
                     if not result:
                         if drops.tick():  # dropping a long run never waits on the outbox

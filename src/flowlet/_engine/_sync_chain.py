@@ -10,7 +10,6 @@ raising StopIteration.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -18,6 +17,13 @@ from itertools import chain, islice
 from typing import Any, NoReturn
 
 from .._backend import current_backend
+from .._errors import (
+    STOPS,
+    awaitable_error,
+    is_awaitable_result,
+    stop_error,
+    swallowed_stop_error,
+)
 from .._stages import Kind, Stage
 from ._closing import close_sync
 from ._markers import END, PAUSE
@@ -185,10 +191,8 @@ class SyncChain:
         StopIteration (generators and coroutines turn that into RuntimeError, PEP 479;
         the builtin ``map`` does not, and would silently end the stream instead)."""
         if self._probe is not None and not self._probe.ended:
-            raise RuntimeError(
-                "a map or filter function raised StopIteration, which would have silently "
-                "ended the stream early; raise another exception instead"
-            )
+            names = [stage.describe() for stage in self._stages if stage.fn is not None]
+            raise swallowed_stop_error(names, "ended the stream early")
 
     def close(self) -> None:
         close_sync(self._source)
@@ -249,9 +253,9 @@ def checked_first_call(stage: Stage) -> Callable[[Any], Any]:
     def first_call(item: Any) -> Any:
         try:
             result = fn(item)
-        except StopIteration as exc:  # would end only the first-item segment of the chain
-            raise RuntimeError(f"{stage.describe()} raised StopIteration") from exc
-        if inspect.isawaitable(result):
+        except STOPS as exc:  # would end only the first-item segment of the chain
+            raise stop_error(exc, stage.describe()) from exc
+        if is_awaitable_result(result):
             reject_awaitable(result, stage)
         return result
 
@@ -259,15 +263,17 @@ def checked_first_call(stage: Stage) -> Callable[[Any], Any]:
 
 
 def reject_awaitable(result: object, stage: Stage) -> NoReturn:
-    close = getattr(result, "close", None)
-    if close is not None:
-        close()  # a coroutine we will never await: no "never awaited" warning
-    raise TypeError(
-        f"{stage.describe()} returned {type(result).__name__} {result!r}, but its function "
-        "is not `async def`, so flowlet calls it as a plain function. Make it async "
-        "(`async def f(x): return await fetch(x)`) or pass the coroutine function itself "
-        "(functools.partial works)"
+    raise awaitable_error(
+        result,
+        stage.describe(),
+        "but its function is not `async def`, so flowlet calls it as a plain function. "
+        "Make it async (`async def f(x): return await fetch(x)`) or pass the coroutine "
+        "function itself (functools.partial works)",
     )
+
+
+SYNC_CALLS = "a sync stage function or the source"
+"""Who raised, when a StopAsyncIteration comes out of a :class:`SyncChain`."""
 
 
 def sync_reader(chain: SyncChain) -> Callable[[], Any]:
@@ -275,13 +281,17 @@ def sync_reader(chain: SyncChain) -> Callable[[], Any]:
     (let the event loop run, then read again)."""
     iterator = chain.iterator
     if not chain.has_stages:
-        return partial(next, iterator, END)  # the bare source: no pauses, nothing to check
+        # The bare source: no pauses, nothing to check. (A StopAsyncIteration it raises
+        # is caught where the reader is called; a Python frame here would cost per item.)
+        return partial(next, iterator, END)
 
     def read() -> Any:
         try:
             item = next(iterator, END)
         except Pause:
             return PAUSE
+        except StopAsyncIteration as exc:  # not an end here: it would end an async reader
+            raise stop_error(exc, SYNC_CALLS) from exc
         if item is END:
             chain.check_ended()
         return item

@@ -68,7 +68,7 @@ class ThreadPumpStage(DecoupledStage):
     def __init__(self, stage: Stage, upstream: Any, run: Run) -> None:
         super().__init__(stage, upstream, run)
         call: ThreadCall[Any, Any] = stage.fn  # type: ignore[assignment]
-        self._call_fn = call.fn
+        self._call_fn = call.checked
         self._pool = call.pool
         self._limit = stage.concurrency + stage.capacity
         self.outbox = self._pump_outbox = _TokenOutbox(run, self._limit, self._taken)
