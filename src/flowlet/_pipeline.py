@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeGuard, overload
 from typing_extensions import TypeIs
 
 from . import _stages
-from ._engine import _drive, _iterate
+from ._engine import drive as _drive
+from ._engine import iterate as _iterate
 from ._flow import Flow, stages_of
 from ._stages import Stage
 from ._types import Source, T, T_co, U

@@ -28,10 +28,10 @@ from typing import Any
 
 from .._offload import ThreadCall
 from .._stages import Kind, Stage
-from ._markers import END, PAUSE
-from ._outbox import Outbox, Waiters
-from ._run import Run
-from ._stage import DecoupledStage
+from .markers import END, PAUSE
+from .outbox import Outbox, Waiters
+from .run import Run
+from .workers import DecoupledStage
 
 
 def runs_in_thread_pump(stage: Stage) -> bool:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .._backend import Parker
-from ._markers import END, SKIP
-from ._run import Run
+from .markers import END, SKIP
+from .run import Run
 
 _CANCELLATION_TURNS = 1000
 """Loop turns a reader of a stopped stage waits for its own cancellation to arrive."""

@@ -20,12 +20,12 @@ import anyio
 
 from .._errors import STOPS, is_awaitable_result, stop_error
 from .._stages import Kind, Stage
-from ._closing import close_any
-from ._markers import END, PAUSE, SKIP
-from ._nodes import open_expansion
-from ._outbox import OrderedFlatOutbox, OrderedOutbox, Outbox, Waiters
-from ._run import Run
-from ._sync_chain import Pacer, SyncChain, reject_awaitable, sync_reader
+from .closing import close_any
+from .markers import END, PAUSE, SKIP
+from .nodes import open_expansion
+from .outbox import OrderedFlatOutbox, OrderedOutbox, Outbox, Waiters
+from .run import Run
+from .sync_chain import Pacer, SyncChain, reject_awaitable, sync_reader
 
 Reader = Callable[[], Awaitable[Any]]
 

@@ -13,9 +13,9 @@ import anyio
 
 from .._backend import Backend, current_backend
 from .._stages import Stage
-from ._drive import Opened, build, close_final, paced_items, start_workers
-from ._run import Run
-from ._stage import DecoupledStage
+from .drive import Opened, build, close_final, paced_items, start_workers
+from .run import Run
+from .workers import DecoupledStage
 
 logger = logging.getLogger("flowlet")
 

@@ -25,8 +25,8 @@ from .._errors import (
     swallowed_stop_error,
 )
 from .._stages import Kind, Stage
-from ._closing import close_sync
-from ._markers import END, PAUSE
+from .closing import close_sync
+from .markers import END, PAUSE
 
 PACE_INTERVAL = 0.002
 """Seconds a loop that never suspends may keep the event loop to itself (about)."""

@@ -27,14 +27,14 @@ import anyio.lowlevel
 
 from .._errors import STOPS, stop_error
 from .._stages import Stage
-from ._closing import close_any
-from ._markers import END, PAUSE
-from ._nodes import NODE_TYPES, AsyncFlatMap, Node, Passthrough
-from ._outbox import OrderedOutbox, Outbox
-from ._run import Run
-from ._stage import DecoupledStage
-from ._sync_chain import PACE_INTERVAL, SYNC_CALLS, Pacer, Pause, SyncChain
-from ._thread_stage import ThreadPumpStage, runs_in_thread_pump
+from .closing import close_any
+from .markers import END, PAUSE
+from .nodes import NODE_TYPES, AsyncFlatMap, Node, Passthrough
+from .outbox import OrderedOutbox, Outbox
+from .run import Run
+from .workers import DecoupledStage
+from .sync_chain import PACE_INTERVAL, SYNC_CALLS, Pacer, Pause, SyncChain
+from .thread_pump import ThreadPumpStage, runs_in_thread_pump
 
 
 class Sink:

@@ -9,7 +9,7 @@ END: Any = object()
 
 PAUSE: Any = object()
 """Returned by a sync reader when the chain asks it to let the event loop run before
-reading on (see :class:`flowlet._engine._sync_chain.Probe`)."""
+reading on (see :class:`flowlet._engine.sync_chain.Probe`)."""
 
 SKIP: Any = object()
 """A value a filter dropped: absorbed steps return it, ordered slots hold it."""

@@ -18,9 +18,9 @@ from typing import Any
 
 from .._errors import STOPS, code_of, innermost_code, one_of, stop_error, swallowed_stop_error
 from .._stages import Kind, Stage
-from ._closing import close_all, close_any, close_sync
-from ._markers import END, PAUSE, SKIP
-from ._sync_chain import (
+from .closing import close_all, close_any, close_sync
+from .markers import END, PAUSE, SKIP
+from .sync_chain import (
     Pacer,
     SyncChain,
     checked_first_call,
