@@ -7,8 +7,9 @@ from typing import Any, Generic, TypeGuard, overload
 
 from typing_extensions import Self, TypeIs
 
-from . import _stages
-from ._stages import Stage
+from ._engine.plan import Stage
+from ._operators.batch import BatchStage
+from ._operators.calls import FilterStage, FlatMapStage, MapStage
 from ._types import In, Out, U
 
 
@@ -68,7 +69,7 @@ class Flow(Generic[In, Out]):
         buffer: int | None = None,
     ) -> Flow[In, Any]:
         """Add a 1 → 1 stage; see :meth:`flowlet.Pipeline.map`."""
-        return self._then(_stages.map_stage(fn, concurrency, ordered, buffer))
+        return self._then(MapStage(fn, concurrency=concurrency, ordered=ordered, buffer=buffer))
 
     @overload
     def filter(
@@ -110,7 +111,9 @@ class Flow(Generic[In, Out]):
         buffer: int | None = None,
     ) -> Flow[In, Any]:
         """Add a 1 → 0..1 stage; see :meth:`flowlet.Pipeline.filter`."""
-        return self._then(_stages.filter_stage(pred, concurrency, ordered, buffer))
+        return self._then(
+            FilterStage(pred, concurrency=concurrency, ordered=ordered, buffer=buffer)
+        )
 
     @overload
     def flat_map(
@@ -162,11 +165,11 @@ class Flow(Generic[In, Out]):
         buffer: int | None = None,
     ) -> Flow[In, Any]:
         """Add a 1 → 0..N stage; see :meth:`flowlet.Pipeline.flat_map`."""
-        return self._then(_stages.flat_map_stage(fn, concurrency, ordered, buffer))
+        return self._then(FlatMapStage(fn, concurrency=concurrency, ordered=ordered, buffer=buffer))
 
     def batch(self, size: int, /) -> Flow[In, list[Out]]:
         """Group items into lists of ``size``; see :meth:`flowlet.Pipeline.batch`."""
-        return self._then(_stages.batch_stage(size))
+        return self._then(BatchStage(size))
 
     def through(self, flow: Flow[Out, U], /) -> Flow[In, U]:
         """Append another fragment's stages: ``a.through(b)`` is ``a | b``."""

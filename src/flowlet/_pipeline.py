@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeGuard, overload
 
 from typing_extensions import TypeIs
 
-from . import _stages
 from ._engine import drive as _drive
 from ._engine import iterate as _iterate
+from ._engine.plan import Stage
 from ._flow import Flow, stages_of
-from ._stages import Stage
+from ._operators.batch import BatchStage
+from ._operators.calls import FilterStage, FlatMapStage, ForEachStage, MapStage
 from ._types import Source, T, T_co, U
 from ._validate import check_source
 
@@ -107,7 +108,7 @@ class Pipeline(Generic[T_co]):
         :raises ValueError: ``concurrency`` or ``buffer`` is not an int >= 1.
         :raises TypeError: ``fn`` is not callable, ``ordered`` is not a bool.
         """
-        return self._then(_stages.map_stage(fn, concurrency, ordered, buffer))
+        return self._then(MapStage(fn, concurrency=concurrency, ordered=ordered, buffer=buffer))
 
     @overload
     def filter(
@@ -153,7 +154,9 @@ class Pipeline(Generic[T_co]):
         ``None`` is ordinary data: nothing is dropped unless ``pred`` says so. The
         options mean what they mean for :meth:`map`.
         """
-        return self._then(_stages.filter_stage(pred, concurrency, ordered, buffer))
+        return self._then(
+            FilterStage(pred, concurrency=concurrency, ordered=ordered, buffer=buffer)
+        )
 
     @overload
     def flat_map(
@@ -213,14 +216,14 @@ class Pipeline(Generic[T_co]):
         several expansions run at once and their items interleave, unless ``ordered``;
         ``buffer`` bounds the items waiting for the consumer.
         """
-        return self._then(_stages.flat_map_stage(fn, concurrency, ordered, buffer))
+        return self._then(FlatMapStage(fn, concurrency=concurrency, ordered=ordered, buffer=buffer))
 
     def batch(self, size: int, /) -> Pipeline[list[T_co]]:
         """Group items into lists of ``size`` (N → 1); the last list may be shorter.
 
         :raises ValueError: ``size`` is not an int >= 1.
         """
-        return self._then(_stages.batch_stage(size))
+        return self._then(BatchStage(size))
 
     def through(self, flow: Flow[T_co, U], /) -> Pipeline[U]:
         """Apply a reusable :class:`Flow`; ``pipeline | flow`` is the same thing."""
@@ -249,7 +252,7 @@ class Pipeline(Generic[T_co]):
     ) -> None:
         """Call ``fn`` (sync or async) on every output, up to ``concurrency`` at once,
         and return when the pipeline is exhausted and every call has finished."""
-        await self._then(_stages.for_each_stage(fn, concurrency)).drain()
+        await self._then(ForEachStage(fn, concurrency=concurrency)).drain()
 
     def __aiter__(self) -> AsyncGenerator[T_co, None]:  # noqa: PYI058 - has aclose()
         """Iterate with ``async for``. Breaking out of the loop, an exception in its

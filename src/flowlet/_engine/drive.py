@@ -26,15 +26,17 @@ import anyio.abc
 import anyio.lowlevel
 
 from .._errors import STOPS, stop_error
-from .._stages import Stage
+from .calls import SYNC_CALLS
 from .closing import close_any
+from .flat_map import AsyncFlatMap
 from .markers import END, PAUSE
-from .nodes import NODE_TYPES, AsyncFlatMap, Node, Passthrough
+from .nodes import Node
 from .outbox import OrderedOutbox, Outbox
+from .pacing import PACE_INTERVAL, Pacer
+from .plan import Stage, build
 from .run import Run
+from .sync_chain import Pause, SyncChain
 from .workers import DecoupledStage
-from .sync_chain import PACE_INTERVAL, SYNC_CALLS, Pacer, Pause, SyncChain
-from .thread_pump import ThreadPumpStage, runs_in_thread_pump
 
 
 class Sink:
@@ -54,32 +56,6 @@ def _discard(_: object) -> None:
 
 
 DISCARD = Sink(_discard, _discard)
-
-
-def build(source: Any, stages: Sequence[Stage], run: Run) -> tuple[Any, list[DecoupledStage]]:
-    """Wire ``stages`` onto ``source``: the node to consume, and the stages needing workers.
-
-    Inline sync stages over a sync source fuse into one :class:`SyncChain`; other
-    inline stages become async nodes, and the sync map/filter stages after a node are
-    absorbed into it; decoupled stages get workers and an outbox.
-    """
-    node: Any = source.__aiter__() if hasattr(source, "__aiter__") else SyncChain(iter(source))
-    decoupled: list[DecoupledStage] = []
-    for stage in stages:
-        if stage.decoupled:
-            kind = ThreadPumpStage if runs_in_thread_pump(stage) else DecoupledStage
-            worker_stage = kind(stage, node, run)
-            decoupled.append(worker_stage)
-            node = worker_stage.outbox
-        elif isinstance(node, SyncChain) and node.can_take(stage):
-            node.take(stage)
-        elif Node.can_absorb(stage):
-            if not isinstance(node, Node):
-                node = Passthrough(node)
-            node.absorb(stage)
-        else:
-            node = NODE_TYPES[stage.kind](node, stage)
-    return node, decoupled
 
 
 async def close_final(final: Any, run: Run, failed: bool) -> None:

@@ -12,8 +12,8 @@ from typing import Any, cast
 import anyio
 
 from .._backend import Backend, current_backend
-from .._stages import Stage
-from .drive import Opened, build, close_final, paced_items, start_workers
+from .drive import Opened, close_final, paced_items, start_workers
+from .plan import Stage, build
 from .run import Run
 from .workers import DecoupledStage
 

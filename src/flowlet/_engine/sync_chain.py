@@ -10,69 +10,23 @@ raising StopIteration.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from itertools import chain, islice
-from typing import Any, NoReturn
+from typing import Any
 
-from .._backend import current_backend
-from .._errors import (
-    STOPS,
-    awaitable_error,
-    is_awaitable_result,
-    stop_error,
-    swallowed_stop_error,
-)
-from .._stages import Kind, Stage
+from .._errors import stop_error, swallowed_stop_error
+from .calls import SYNC_CALLS, Call, checked_first_call, over
 from .closing import close_sync
 from .markers import END, PAUSE
+from .pacing import Pacer
 
-PACE_INTERVAL = 0.002
-"""Seconds a loop that never suspends may keep the event loop to itself (about)."""
+Layer = Callable[[Iterator[Any]], Iterator[Any]]
+"""One fused stage: wraps the iterator below it in the one it makes (``map``, ...)."""
 
 
 class Pause(Exception):
     """Raised through a :class:`SyncChain` when it has run for a pacing interval."""
-
-
-class Pacer:
-    """Says when a loop that may never suspend on its own (an async iterator over a sync
-    source, a filter dropping a long run of items) should let the event loop run:
-    about every :data:`PACE_INTERVAL`.
-
-    Reading the clock per item would cost more than a fast stage, so callers count
-    items down from :attr:`countdown` and call :meth:`expired` when it reaches zero.
-    The count adapts to the item rate, aiming at a few clock reads per interval: slow
-    items (a sync function taking milliseconds) are checked one by one, fast ones in
-    runs of up to a thousand.
-    """
-
-    __slots__ = ("_checked", "_deadline", "_every", "countdown")
-
-    def __init__(self) -> None:
-        self._every = self.countdown = 1  # grows fast for fast items
-        self._checked = time.perf_counter()
-        self._deadline = self._checked + PACE_INTERVAL
-
-    def tick(self) -> bool:
-        """Count one item; True when the caller should let the event loop run now."""
-        self.countdown -= 1
-        return not self.countdown and self.expired()
-
-    def expired(self) -> bool:
-        """The countdown reached zero: reload it; True if the interval has passed."""
-        now = time.perf_counter()
-        elapsed, self._checked = now - self._checked, now
-        if elapsed > PACE_INTERVAL / 4 and self._every > 1:
-            self._every //= 2
-        elif elapsed < PACE_INTERVAL / 16 and self._every < 1024:
-            self._every *= 2
-        self.countdown = self._every
-        if now < self._deadline:
-            return False
-        self._deadline = now + PACE_INTERVAL
-        return True
 
 
 class Probe:
@@ -129,42 +83,40 @@ def _windows(source: Iterator[Any], probe: Probe) -> Iterator[Iterator[Any]]:
         yield probe
 
 
-async def let_loop_run() -> None:
-    """A checkpoint for the rare pauses of inline nodes (every PACE_INTERVAL at most)."""
-    await current_backend().checkpoint()
-
-
 class SyncChain:
     """Inline sync stages over a sync source, as one lazy iterator (:attr:`iterator`).
 
-    Built from builtins so that the per-item work runs in C: ``map``/``filter`` per
-    stage, over the source read in windows (see :class:`Probe`). The first item of each stage goes
-    through a checked copy of its function (:func:`checked_first_call`), the rest
-    through the function itself; both read the same upstream lazily, so the chain
-    stays in lockstep.
+    Built from builtins so that the per-item work runs in C: a :data:`Layer` per stage
+    (``map``/``filter`` for functions, :func:`call_layer`), over the source read in
+    windows (see :class:`Probe`). Every layer reads the one below lazily, so the chain
+    stays in lockstep. A layer must survive an exception from below and carry on when
+    called again (``map``, ``filter``, ``takewhile``, ``accumulate`` do; ``islice``
+    does not, which is why :class:`Batches` and friends are classes).
 
     Reading :attr:`iterator` may raise :class:`Pause` (let the event loop run, then read
     again); when it ends, call :meth:`check_ended`.
     """
 
-    __slots__ = ("_iterator", "_probe", "_source", "_stages")
+    __slots__ = ("_functions", "_iterator", "_layers", "_probe", "_source")
 
     def __init__(self, source: Iterator[Any]) -> None:
         self._source = source
-        self._stages: list[Stage] = []
+        self._layers: list[Layer] = []
+        self._functions: list[str] = []  # names of the stages whose functions it calls
         self._iterator: Iterator[Any] | None = None
         self._probe: Probe | None = None
 
-    def can_take(self, stage: Stage) -> bool:
-        if self._iterator is not None:
-            return False  # already being read
-        if stage.kind is Kind.BATCH:
-            return True
-        return stage.kind in (Kind.MAP, Kind.FILTER) and not stage.awaits
+    @property
+    def open(self) -> bool:
+        """Whether layers can still be added (nothing has been read)."""
+        return self._iterator is None
 
-    def take(self, stage: Stage) -> None:
-        """Append ``stage`` (which :meth:`can_take`) to the chain."""
-        self._stages.append(stage)
+    def add(self, layer: Layer, calls: str | None = None) -> None:
+        """Put ``layer`` on top; ``calls``: the stage's name, if it calls user code."""
+        assert self._iterator is None, "the chain is already being read"
+        self._layers.append(layer)
+        if calls is not None:
+            self._functions.append(calls)
 
     @property
     def iterator(self) -> Iterator[Any]:
@@ -174,25 +126,24 @@ class SyncChain:
         return self._iterator
 
     def _build(self) -> Iterator[Any]:
-        if not self._stages:
+        if not self._layers:
             return self._source
         self._probe = Probe(self._source)
         iterator: Iterator[Any] = chain.from_iterable(_windows(self._source, self._probe))
-        for stage in self._stages:
-            iterator = apply_sync_stage(stage, iterator)
+        for layer in self._layers:
+            iterator = layer(iterator)
         return iterator
 
     @property
     def has_stages(self) -> bool:
-        return bool(self._stages)
+        return bool(self._layers)
 
     def check_ended(self) -> None:
         """Call when :attr:`iterator` ended: raise if a stage function raised
         StopIteration (generators and coroutines turn that into RuntimeError, PEP 479;
         the builtin ``map`` does not, and would silently end the stream instead)."""
         if self._probe is not None and not self._probe.ended:
-            names = [stage.describe() for stage in self._stages if stage.fn is not None]
-            raise swallowed_stop_error(names, "ended the stream early")
+            raise swallowed_stop_error(self._functions, "ended the stream early")
 
     def close(self) -> None:
         close_sync(self._source)
@@ -201,14 +152,14 @@ class SyncChain:
         self.close()
 
 
-def apply_sync_stage(stage: Stage, upstream: Iterator[Any]) -> Iterator[Any]:
-    """``stage`` over ``upstream`` as builtins, its function checked at the first item."""
-    if stage.kind is Kind.BATCH:
-        return Batches(upstream, stage.size)
-    assert stage.fn is not None
-    if stage.kind is Kind.MAP:
-        return chain(map(checked_first_call(stage), islice(upstream, 1)), map(stage.fn, upstream))
-    return chain(filter(checked_first_call(stage), islice(upstream, 1)), filter(stage.fn, upstream))
+def call_layer(call: Call) -> Layer:
+    """A sync map or filter as builtins, its function checked at the first item."""
+    first, fn = checked_first_call(call), call.fn
+
+    def layer(upstream: Iterator[Any]) -> Iterator[Any]:
+        return chain(over(call, first, islice(upstream, 1)), over(call, fn, upstream))
+
+    return layer
 
 
 class Batches:
@@ -237,43 +188,6 @@ class Batches:
                 raise StopIteration
         self._chunk = []
         return chunk
-
-
-def checked_first_call(stage: Stage) -> Callable[[Any], Any]:
-    """``stage.fn``, failing clearly if it returns an awaitable.
-
-    Whether a function is async is decided when the stage is built, from ``async def``.
-    A plain function that returns a coroutine (``lambda url: fetch(url)``) would
-    otherwise send unawaited coroutines downstream; checking its first result catches
-    that at the first item without a per-item cost.
-    """
-    fn = stage.fn
-    assert fn is not None
-
-    def first_call(item: Any) -> Any:
-        try:
-            result = fn(item)
-        except STOPS as exc:  # would end only the first-item segment of the chain
-            raise stop_error(exc, stage.describe()) from exc
-        if is_awaitable_result(result):
-            reject_awaitable(result, stage)
-        return result
-
-    return first_call
-
-
-def reject_awaitable(result: object, stage: Stage) -> NoReturn:
-    raise awaitable_error(
-        result,
-        stage.describe(),
-        "but its function is not `async def`, so flowlet calls it as a plain function. "
-        "Make it async (`async def f(x): return await fetch(x)`) or pass the coroutine "
-        "function itself (functools.partial works)",
-    )
-
-
-SYNC_CALLS = "a sync stage function or the source"
-"""Who raised, when a StopAsyncIteration comes out of a :class:`SyncChain`."""
 
 
 def sync_reader(chain: SyncChain) -> Callable[[], Any]:

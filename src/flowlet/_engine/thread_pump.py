@@ -24,23 +24,28 @@ import contextvars
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from .._offload import ThreadCall
-from .._stages import Kind, Stage
 from .markers import END, PAUSE
-from .outbox import Outbox, Waiters
+from .outbox import Outbox
 from .run import Run
-from .workers import DecoupledStage
+from .waiting import Waiters
+from .workers import DecoupledStage, Pool
 
 
-def runs_in_thread_pump(stage: Stage) -> bool:
-    """Whether ``stage`` can use :class:`ThreadPumpStage`."""
-    return (
-        type(stage.fn) is ThreadCall
-        and stage.kind in (Kind.MAP, Kind.FILTER)
-        and not (stage.ordered and stage.concurrency > 1)
-    )
+class Offloaded(Protocol):
+    """A stage function that runs a sync function in a thread pool (``in_thread``): the
+    pump calls :attr:`checked` in :attr:`pool`'s threads itself."""
+
+    @property
+    def checked(self) -> Callable[[Any], Any]: ...
+
+    @property
+    def pool(self) -> Submitter: ...
+
+
+class Submitter(Protocol):
+    def submit(self, fn: Callable[[], None], /) -> object: ...
 
 
 class _TokenOutbox(Outbox):
@@ -65,12 +70,16 @@ class _TokenOutbox(Outbox):
 
 
 class ThreadPumpStage(DecoupledStage):
-    def __init__(self, stage: Stage, upstream: Any, run: Run) -> None:
-        super().__init__(stage, upstream, run)
-        call: ThreadCall[Any, Any] = stage.fn  # type: ignore[assignment]
-        self._call_fn = call.checked
-        self._pool = call.pool
-        self._limit = stage.concurrency + stage.capacity
+    """The workers of a concurrent, completion-order map or filter of an ``in_thread``
+    function (the stage decides that it is one, and passes ``offloaded``)."""
+
+    def __init__(self, pool: Pool, offloaded: Offloaded, upstream: Any, run: Run) -> None:
+        assert not pool.expands, "a flat_map does not run in the pump"
+        assert not (pool.ordered and pool.concurrency > 1), "nor does an ordered stage"
+        super().__init__(pool, upstream, run)
+        self._call_fn = offloaded.checked
+        self._pool = offloaded.pool
+        self._limit = pool.run_ahead
         self.outbox = self._pump_outbox = _TokenOutbox(run, self._limit, self._taken)
         self.outbox.on_close = self.scope.cancel
         self._held = 0  # inputs read and not yet taken downstream (or dropped)
@@ -132,7 +141,7 @@ class ThreadPumpStage(DecoupledStage):
             self._held += 1
             with self._lock:
                 self._inputs.append((item, copy_context()))
-                start = self._jobs < self.stage.concurrency
+                start = self._jobs < self.pool.concurrency
                 if start:
                     self._jobs += 1
             if start:
@@ -142,7 +151,7 @@ class ThreadPumpStage(DecoupledStage):
 
     async def _drain(self) -> None:
         outbox = self._pump_outbox
-        is_filter = self.stage.kind is Kind.FILTER
+        is_filter = self.call.verdict
         backend = self.run.backend
         while True:
             with self._lock:

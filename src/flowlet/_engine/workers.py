@@ -14,27 +14,51 @@ streaming and closes it the same way.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 from .._errors import STOPS, is_awaitable_result, stop_error
-from .._stages import Kind, Stage
+from .calls import Call, reject_awaitable
 from .closing import close_any
+from .flat_map import open_expansion
 from .markers import END, PAUSE, SKIP
-from .nodes import open_expansion
-from .outbox import OrderedFlatOutbox, OrderedOutbox, Outbox, Waiters
+from .outbox import OrderedFlatOutbox, OrderedOutbox, Outbox
+from .pacing import Pacer
 from .run import Run
-from .sync_chain import Pacer, SyncChain, reject_awaitable, sync_reader
+from .sync_chain import SyncChain, sync_reader
+from .waiting import Waiters
 
 Reader = Callable[[], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """What a stage that runs in workers asks for.
+
+    ``capacity``: finished values that may wait for the consumer (``buffer``);
+    ``expands``: the call's results are expansions to stream (``flat_map``).
+    """
+
+    call: Call
+    concurrency: int
+    capacity: int
+    ordered: bool = False
+    expands: bool = False
+
+    @property
+    def run_ahead(self) -> int:
+        """Input items the pool may hold: in flight, plus finished and waiting."""
+        return self.concurrency + self.capacity
 
 
 class DecoupledStage:
     """One stage's workers, its outbox and its upstream, inside a run."""
 
-    def __init__(self, stage: Stage, upstream: Any, run: Run) -> None:
-        self.stage = stage
+    def __init__(self, pool: Pool, upstream: Any, run: Run) -> None:
+        self.pool = stage = pool
+        self.call = pool.call
         self.run = run
         self.upstream = upstream
         self.scope = anyio.CancelScope()
@@ -44,7 +68,7 @@ class DecoupledStage:
         window = stage.concurrency + stage.capacity
         if not ordered:
             self.outbox = Outbox(run, stage.capacity)
-        elif stage.kind is Kind.FLAT_MAP:
+        elif stage.expands:
             self.outbox = OrderedFlatOutbox(run, window, stage.capacity)
         else:
             self.outbox = OrderedOutbox(run, window)
@@ -53,11 +77,11 @@ class DecoupledStage:
         # A sync upstream is read with a plain call, saving a coroutine per item.
         self._sync_next = sync_reader(upstream) if isinstance(upstream, SyncChain) else None
         self._checkpoint = run.backend.checkpoint
-        self._fn: Callable[[Any], Any] = stage.fn if stage.awaits else self._call_sync  # type: ignore[assignment]
+        self._fn: Callable[[Any], Any] = stage.call.fn if stage.call.awaits else self._call_sync
         self._worker = self._pick_worker(ordered)
 
     def _pick_worker(self, ordered: bool) -> Callable[[], Coroutine[Any, Any, None]]:
-        flat = self.stage.kind is Kind.FLAT_MAP
+        flat = self.pool.expands
         if ordered:
             self._loop = self._ordered_flat_loop if flat else self._ordered_loop
         elif flat:
@@ -78,11 +102,11 @@ class DecoupledStage:
             self.outbox.finish(completed)
 
     async def _run_tasks(self) -> None:
-        await self.run.backend.run_tasks([self._worker] * self.stage.concurrency)
+        await self.run.backend.run_tasks([self._worker] * self.pool.concurrency)
 
     def _completed(self) -> bool:
         """Whether every worker stopped because the upstream ended (not cancelled)."""
-        return self._finished_workers == self.stage.concurrency
+        return self._finished_workers == self.pool.concurrency
 
     async def _close_upstream(self, completed: bool) -> None:
         try:
@@ -106,8 +130,8 @@ class DecoupledStage:
         if self.run.is_cancellation(exc):
             raise exc
         if isinstance(exc, STOPS):  # the stage's calls translate their own: a read's
-            whose = "the source" if self.stage.kind is not Kind.FLAT_MAP else "an expansion"
-            exc = stop_error(exc, f"{whose} of {self.stage.describe()}")
+            whose = "an expansion" if self.pool.expands else "the source"
+            exc = stop_error(exc, f"{whose} of {self.call.name}")
         self.run.fail(exc)
 
     def _finished(self) -> None:
@@ -117,33 +141,33 @@ class DecoupledStage:
 
     def _call_sync(self, item: Any) -> Any:
         try:
-            result = self.stage.fn(item)  # type: ignore[misc]
+            result = self.call.fn(item)
         except STOPS as exc:
-            raise stop_error(exc, self.stage.describe()) from exc
+            raise stop_error(exc, self.call.name) from exc
         if is_awaitable_result(result):
-            reject_awaitable(result, self.stage)
+            reject_awaitable(result, self.call.name)
         return result
 
     async def _call(self, item: Any) -> Any:
         # A sync function's StopIteration is translated by _call_sync, before it
         # leaves a coroutine (which would turn it into a RuntimeError naming nothing).
         result = self._fn(item)
-        if not self.stage.awaits:
+        if not self.call.awaits:
             return result
         try:
             return await result
         except StopAsyncIteration as exc:  # a coroutine lets this one through as it is
-            raise stop_error(exc, self.stage.describe()) from exc
+            raise stop_error(exc, self.call.name) from exc
 
     # -- completion order ------------------------------------------------------------
 
     async def _map_worker(self) -> None:
         # The hot loop of concurrent map/filter stages: the task's own coroutine, locals
         # only, no coroutine per item beyond the stage function's own.
-        read, sync_next, fn, awaits = self._read, self._sync_next, self._fn, self.stage.awaits
+        read, sync_next, fn, awaits = self._read, self._sync_next, self._fn, self.call.awaits
         outbox: Outbox = self.outbox  # type: ignore[assignment]
         put_nowait = outbox.put_nowait
-        is_filter, drops, checkpoint = self.stage.kind is Kind.FILTER, Pacer(), self._checkpoint
+        is_filter, drops, checkpoint = self.call.verdict, Pacer(), self._checkpoint
         run = self.run
         try:
             while not run.stopping:
@@ -159,7 +183,7 @@ class DecoupledStage:
                     try:
                         result = await result
                     except StopAsyncIteration as exc:  # see _call
-                        raise stop_error(exc, self.stage.describe()) from exc
+                        raise stop_error(exc, self.call.name) from exc
                 if is_filter:
                     if not result:
                         if drops.tick():  # dropping a long run never waits on the outbox
@@ -180,7 +204,7 @@ class DecoupledStage:
             item = await read()
             if item is END:
                 return
-            expansion, is_async = open_expansion(await call(item), self.stage)
+            expansion, is_async = open_expansion(await call(item), self.call)
             async with _owned(expansion, self.run):
                 if is_async:
                     async for value in expansion:
@@ -209,7 +233,7 @@ class DecoupledStage:
 
     async def _ordered_loop(self) -> None:
         outbox: OrderedOutbox = self.outbox  # type: ignore[assignment]
-        is_filter = self.stage.kind is Kind.FILTER
+        is_filter = self.call.verdict
         while True:
             position, item = await self._ordered_read(outbox)
             if item is END:
@@ -226,7 +250,7 @@ class DecoupledStage:
             if item is END:
                 return
             slot = outbox.open(position)
-            expansion, is_async = open_expansion(await self._call(item), self.stage)
+            expansion, is_async = open_expansion(await self._call(item), self.call)
             async with _owned(expansion, self.run):
                 if is_async:
                     async for value in expansion:
