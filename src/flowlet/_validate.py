@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import AsyncIterable, Iterable
 from typing import Any
 
@@ -17,6 +18,25 @@ def check_count(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return value
+
+
+def check_size(name: str, value: object) -> int:
+    """Return ``value`` if it is an ``int >= 0`` (``bool`` is not an int here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return value
+
+
+def check_positive(name: str, value: object, what: str = "a number") -> float:
+    """Return ``value`` as a float if it is a finite number > 0 (``bool`` is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be {what} > 0, got {value!r}")
+    return float(value)
+
+
+def check_seconds(name: str, value: object) -> float:
+    """A duration: a finite number of seconds > 0."""
+    return check_positive(name, value, "a number of seconds")
 
 
 def check_optional_count(name: str, value: object) -> int | None:

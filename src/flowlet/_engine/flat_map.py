@@ -13,7 +13,7 @@ from itertools import chain, islice
 from typing import Any
 
 from .._errors import STOPS, swallowed_stop_error
-from .calls import Call, over, reject_awaitable
+from .calls import Call, TimedExpansion, over, reject_awaitable
 from .closing import close_all, close_any, close_sync
 from .markers import END, PAUSE, SKIP
 from .nodes import Node, checking
@@ -27,7 +27,10 @@ def open_expansion(result: Any, call: Call) -> tuple[Any, bool]:
     if type(result) in _PLAIN_SEQUENCES:  # the common case, checked cheaply
         return iter(result), False
     if hasattr(result, "__aiter__"):  # before the awaitable check: a Pipeline is both
-        return result.__aiter__(), True
+        expansion = result.__aiter__()
+        if call.timeout is not None:
+            expansion = TimedExpansion(expansion, call.timeout, call.name)
+        return expansion, True
     if inspect.isawaitable(result):
         reject_awaitable(result, call.name)
     if hasattr(result, "__iter__"):

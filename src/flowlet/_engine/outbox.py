@@ -149,6 +149,10 @@ class Outbox(_Reading):
             self._unpark()
         return item
 
+    def has_ready(self) -> bool:
+        """Whether :meth:`get` would return without waiting."""
+        return bool(self._items) and self._state != self.ABORTED
+
     def take_all(self) -> list[Any]:
         """Every value ready now, parked ones included (for bulk consumers)."""
         items = list(self._items)
@@ -210,6 +214,12 @@ class OrderedOutbox(_Reading):
         if position == self._head:
             self._readers.wake_one()
 
+    def has_ready(self) -> bool:
+        """Whether :meth:`get` would return without waiting (the head value is
+        finished, and was not dropped by a filter)."""
+        value = self._slots.get(self._head, SKIP)
+        return value is not SKIP and self._state != self.ABORTED
+
     async def get(self) -> Any:
         slots = self._slots
         while True:
@@ -255,6 +265,10 @@ class OrderedFlatOutbox(OrderedOutbox):
         self._buffered = 0
         self._room = Waiters(run)  # non-head expansions waiting for room
         self._head_writer = Waiters(run)  # the head expansion waiting for the reader
+
+    def has_ready(self) -> bool:
+        head: _Expansion | None = self._slots.get(self._head)
+        return head is not None and bool(head.items) and self._state != self.ABORTED
 
     def open(self, position: int) -> _Expansion:
         expansion = _Expansion()

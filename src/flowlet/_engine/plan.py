@@ -21,6 +21,8 @@ from typing import Any, TypeAlias
 
 from .calls import Call
 from .nodes import Node, Passthrough
+from .reader import GeneratorNode, is_cancel_safe
+from .reader import Run as GeneratorRun
 from .run import Run
 from .sync_chain import Layer, SyncChain, call_layer
 from .thread_pump import Offloaded, ThreadPumpStage
@@ -69,13 +71,16 @@ class Plan:
         self.pools: list[DecoupledStage] = []
         """Stages with worker tasks, for the run to host."""
 
-    def fuse(self, upstream: Upstream, layer: Layer, calls: str | None = None) -> Upstream | None:
+    def fuse(
+        self, upstream: Upstream, layer: Layer, calls: str | None = None, *, ends: bool = False
+    ) -> Upstream | None:
         """``layer`` on the fused sync chain ``upstream``; None if it is not one (or is
         already being read). ``calls``: the stage's name if the layer calls user code
-        (for the message when one of them raises StopIteration)."""
+        (for the message when one of them raises StopIteration); ``ends``: the layer
+        may end the stream itself (see :meth:`SyncChain.add`)."""
         if not isinstance(upstream, SyncChain) or not upstream.open:
             return None
-        upstream.add(layer, calls)
+        upstream.add(layer, calls, ends=ends)
         return upstream
 
     def step(self, upstream: Upstream, call: Call) -> Upstream:
@@ -92,6 +97,17 @@ class Plan:
         """An inline async node: it reads ``upstream`` when its consumer asks."""
         return make(upstream)
 
+    def generator(
+        self, upstream: Upstream, run: GeneratorRun, name: str, *, timed: bool = False
+    ) -> Upstream:
+        """A node running ``run(reader)``, an async generator over ``upstream`` (see
+        :mod:`.reader`). ``timed``: it reads with deadlines, so ``upstream`` must be
+        cancel-safe; an upstream that is not (an async source, an inline async node)
+        is read through a one-item hand-off task, so that no read is ever cancelled."""
+        if timed and not is_cancel_safe(upstream):
+            upstream = self.workers(upstream, Pool(_hand_off(name), 1, 1))
+        return GeneratorNode(upstream, run, name)
+
     def workers(
         self, upstream: Upstream, pool: Pool, offloaded: Offloaded | None = None
     ) -> Upstream:
@@ -104,6 +120,14 @@ class Plan:
             stage = DecoupledStage(pool, upstream, self.run)
         self.pools.append(stage)
         return stage.outbox
+
+
+def _same(item: Any) -> Any:
+    return item
+
+
+def _hand_off(name: str) -> Call:
+    return Call(_same, f"the reader of {name}")
 
 
 def open_source(source: Iterable[Any] | AsyncIterable[Any]) -> Upstream:

@@ -97,11 +97,12 @@ class SyncChain:
     again); when it ends, call :meth:`check_ended`.
     """
 
-    __slots__ = ("_functions", "_iterator", "_layers", "_probe", "_source")
+    __slots__ = ("_enders", "_functions", "_iterator", "_layers", "_probe", "_source")
 
     def __init__(self, source: Iterator[Any]) -> None:
         self._source = source
-        self._layers: list[Layer] = []
+        self._layers: list[tuple[Layer, bool]] = []
+        self._enders: list[Any] = []  # built layers that may end the stream themselves
         self._functions: list[str] = []  # names of the stages whose functions it calls
         self._iterator: Iterator[Any] | None = None
         self._probe: Probe | None = None
@@ -111,10 +112,12 @@ class SyncChain:
         """Whether layers can still be added (nothing has been read)."""
         return self._iterator is None
 
-    def add(self, layer: Layer, calls: str | None = None) -> None:
-        """Put ``layer`` on top; ``calls``: the stage's name, if it calls user code."""
+    def add(self, layer: Layer, calls: str | None = None, *, ends: bool = False) -> None:
+        """Put ``layer`` on top; ``calls``: the stage's name, if it calls user code.
+        ``ends``: the layer may end the stream before the source ends (a ``take``); the
+        iterator it makes then has an ``ended`` attribute, true once it did."""
         assert self._iterator is None, "the chain is already being read"
-        self._layers.append(layer)
+        self._layers.append((layer, ends))
         if calls is not None:
             self._functions.append(calls)
 
@@ -130,8 +133,10 @@ class SyncChain:
             return self._source
         self._probe = Probe(self._source)
         iterator: Iterator[Any] = chain.from_iterable(_windows(self._source, self._probe))
-        for layer in self._layers:
+        for layer, ends in self._layers:
             iterator = layer(iterator)
+            if ends:
+                self._enders.append(iterator)
         return iterator
 
     @property
@@ -142,8 +147,11 @@ class SyncChain:
         """Call when :attr:`iterator` ended: raise if a stage function raised
         StopIteration (generators and coroutines turn that into RuntimeError, PEP 479;
         the builtin ``map`` does not, and would silently end the stream instead)."""
-        if self._probe is not None and not self._probe.ended:
-            raise swallowed_stop_error(self._functions, "ended the stream early")
+        if self._probe is None or self._probe.ended:
+            return
+        if any(layer.ended for layer in self._enders):
+            return  # a take (or the like) ended it, as it should
+        raise swallowed_stop_error(self._functions, "ended the stream early")
 
     def close(self) -> None:
         close_sync(self._source)

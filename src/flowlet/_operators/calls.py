@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
-from .._engine.calls import Call
+from .._engine.calls import Call, with_timeout
 from .._engine.flat_map import AsyncFlatMap
 from .._engine.nodes import AsyncMap
 from .._engine.plan import Plan, Stage, Upstream
@@ -17,6 +17,7 @@ from .._validate import (
     check_count,
     check_flag,
     check_optional_count,
+    check_seconds,
     describe,
     is_async_generator_callable,
     is_coroutine_callable,
@@ -36,7 +37,7 @@ class CallStage(Stage):
     overlap anything on the event loop, so tasks would add cost and no concurrency.
     """
 
-    __slots__ = ("buffer", "call", "concurrency", "expands_async", "fn", "ordered")
+    __slots__ = ("buffer", "call", "concurrency", "expands_async", "fn", "ordered", "timeout")
 
     name: ClassVar[str]
     verdict: ClassVar[bool] = False
@@ -49,6 +50,7 @@ class CallStage(Stage):
         concurrency: object = 1,
         ordered: object = False,
         buffer: object = None,
+        timeout: object = None,
     ) -> None:
         check_callable(f"{self.name}() function", fn)
         assert callable(fn)
@@ -56,8 +58,20 @@ class CallStage(Stage):
         self.concurrency = check_count("concurrency", concurrency)
         self.ordered = check_flag("ordered", ordered)
         self.buffer = check_optional_count("buffer", buffer)
-        self.expands_async = False
-        self.call = Call(fn, self.describe(), is_coroutine_callable(fn), self.verdict)
+        self.timeout = None if timeout is None else check_seconds("timeout", timeout)
+        self.expands_async = self.name == "flat_map" and is_async_generator_callable(fn)
+        awaits = is_coroutine_callable(fn)
+        if self.timeout is not None and not (awaits or self.expands_async):
+            raise TypeError(
+                f"timeout= needs an async function, but {describe(fn)} is not `async def`: "
+                "a sync call cannot be interrupted on the event loop. Run blocking work "
+                "with in_thread(fn), whose calls a timeout can stop waiting for"
+            )
+        name = self.describe()
+        call_fn: Callable[[Any], Any] = fn
+        if self.timeout is not None and awaits:
+            call_fn = with_timeout(fn, self.timeout, name)
+        self.call = Call(call_fn, name, awaits, self.verdict, self.timeout)
 
     def describe(self) -> str:
         return f"{self.name}({describe(self.fn)})"
@@ -89,7 +103,7 @@ class CallStage(Stage):
             fn = self.fn
             ordered = self.ordered and self.concurrency > 1
             offloaded: Offloaded | None = None
-            if isinstance(fn, ThreadCall) and not ordered:
+            if isinstance(fn, ThreadCall) and not ordered and self.timeout is None:
                 offloaded = cast(Offloaded, fn)  # an in_thread call: fn and pool
             return plan.workers(upstream, self.pool(), offloaded)
         if not self.call.awaits:
@@ -118,8 +132,8 @@ class ForEachStage(CallStage):
     __slots__ = ()
     name = "for_each"
 
-    def __init__(self, fn: object, *, concurrency: object = 1) -> None:
-        super().__init__(fn, concurrency=concurrency)
+    def __init__(self, fn: object, *, concurrency: object = 1, timeout: object = None) -> None:
+        super().__init__(fn, concurrency=concurrency, timeout=timeout)
 
 
 class FlatMapStage(CallStage):
@@ -127,17 +141,6 @@ class FlatMapStage(CallStage):
 
     __slots__ = ()
     name = "flat_map"
-
-    def __init__(
-        self,
-        fn: object,
-        *,
-        concurrency: object = 1,
-        ordered: object = False,
-        buffer: object = None,
-    ) -> None:
-        super().__init__(fn, concurrency=concurrency, ordered=ordered, buffer=buffer)
-        self.expands_async = is_async_generator_callable(fn)
 
     def pool(self) -> Pool:
         return Pool(self.call, self.concurrency, self.capacity, self.ordered, expands=True)
